@@ -1,0 +1,81 @@
+# Kestrel build. `make` builds the VMM and the micro-guests; `make test` runs
+# every test tier (see README.md).
+CC      ?= gcc
+O       ?= build
+VERSION := 0.1.0
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wmissing-prototypes
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 $(WARN) -Isrc -D_GNU_SOURCE -DKESTREL_VERSION='"$(VERSION)"' -MMD -MP
+LDLIBS  := -lpthread -lutil
+
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+LIB_SRCS  := $(filter-out src/main.c,$(shell find src -name '*.c' | sort))
+LIB_OBJS  := $(LIB_SRCS:%.c=$(O)/obj/%.o)
+SAN_OBJS  := $(LIB_SRCS:%.c=$(O)/san/%.o)
+TEST_SRCS := $(sort $(wildcard tests/unit/test_*.c))
+TESTS     := $(TEST_SRCS:tests/unit/%.c=$(O)/tests/%)
+SAN_TESTS := $(TEST_SRCS:tests/unit/%.c=$(O)/tests-san/%)
+
+.PHONY: all kestrel guests unit-tests test test-unit test-guests test-qemu test-linux bench clean
+all: kestrel guests unit-tests
+
+kestrel: $(O)/kestrel
+
+$(O)/kestrel: $(O)/obj/src/main.o $(O)/libkestrel.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(O)/libkestrel.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(O)/libkestrel-san.a: $(SAN_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(O)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(O)/san/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(SAN_FLAGS) -c -o $@ $<
+
+$(O)/tests/%: tests/unit/%.c $(O)/libkestrel.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(O)/libkestrel.a -lcmocka $(LDLIBS)
+
+$(O)/tests-san/%: tests/unit/%.c $(O)/libkestrel-san.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(SAN_FLAGS) -Itests/unit -o $@ $< $(O)/libkestrel-san.a -lcmocka $(LDLIBS)
+
+unit-tests: $(TESTS) $(SAN_TESTS)
+
+guests:
+	$(MAKE) -C tests/guests OUT=$(abspath $(O))/guests
+
+# The README's test command. Runs every tier and ends with "N passed, N failed".
+test: all
+	tests/run-all.sh
+
+test-unit: unit-tests
+	tests/run-unit.sh $(O)
+
+test-guests: kestrel guests
+	tests/guests/run-kestrel.sh
+
+test-qemu: guests
+	tests/guests/run-qemu.sh
+
+test-linux: kestrel
+	tests/linux/test-linux.sh
+
+bench: kestrel guests
+	bench/bench-foundation.sh
+
+clean:
+	rm -rf $(O)
+	$(MAKE) -C tests/guests clean OUT=$(abspath $(O))/guests
+
+-include $(LIB_OBJS:.o=.d) $(SAN_OBJS:.o=.d) $(O)/obj/src/main.d

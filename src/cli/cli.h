@@ -1,0 +1,7 @@
+/* The `kestrel` verbs. Each returns the process exit status. */
+#ifndef KESTREL_CLI_H
+#define KESTREL_CLI_H
+
+int cmd_run(int argc, char **argv);
+
+#endif

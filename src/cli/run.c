@@ -1,0 +1,169 @@
+/* `kestrel run`: build the VM, run it until it stops, reboot on reset. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "chardev/chardev.h"
+#include "cli/cli.h"
+#include "cli/opts.h"
+#include "core/log.h"
+#include "core/loop.h"
+#include "core/vcpu.h"
+#include "core/vm.h"
+
+#define EXIT_SETUP 2
+#define EXIT_CRASH 4
+
+struct run_ctx {
+	struct loop *loop;
+	struct vm *vm;
+	int sigfd;
+};
+
+static void run_on_stop(void *opaque, uint32_t events)
+{
+	struct run_ctx *ctx = opaque;
+	(void)events;
+	uint64_t v;
+	ssize_t r = read(ctx->vm->stop_efd, &v, sizeof(v));
+	(void)r;
+	loop_quit(ctx->loop);
+}
+
+static void run_on_signal(void *opaque, uint32_t events)
+{
+	struct run_ctx *ctx = opaque;
+	(void)events;
+	struct signalfd_siginfo si;
+	if (read(ctx->sigfd, &si, sizeof(si)) != sizeof(si))
+		return;
+	log_msg(LOG_ERROR, "terminating on signal %u", si.ssi_signo);
+	if (ctx->vm)
+		vm_request_stop(ctx->vm, VM_STOP_SIGNAL, (int)si.ssi_signo);
+}
+
+static void run_print_stats(const struct vm *vm)
+{
+	if (!log_enabled(LOG_INFO))
+		return;
+	for (unsigned i = 0; i < vm->nr_vcpus; i++) {
+		const struct vcpu *v = &vm->vcpus[i];
+		log_info("vcpu%u: %llu exits (%llu PIO, %llu MMIO)", i, (unsigned long long)v->nr_exits,
+			 (unsigned long long)v->nr_io_exits, (unsigned long long)v->nr_mmio_exits);
+	}
+	log_info("unclaimed: PIO %lu reads, %lu writes; MMIO %lu reads, %lu writes",
+		 atomic_load(&vm->pio.unclaimed_reads), atomic_load(&vm->pio.unclaimed_writes),
+		 atomic_load(&vm->mmio.unclaimed_reads), atomic_load(&vm->mmio.unclaimed_writes));
+}
+
+static int run_exit_status(const struct vm *vm)
+{
+	switch (vm->stop_reason) {
+	case VM_STOP_POWEROFF:
+		log_info("guest powered off");
+		return 0;
+	case VM_STOP_RESET:
+		log_info("guest reset; exiting (--no-reboot)");
+		return 0;
+	case VM_STOP_DEBUG_EXIT:
+		return ((vm->stop_status << 1) | 1) & 0xff;
+	case VM_STOP_SIGNAL:
+		return 0;
+	case VM_STOP_CRASH:
+		return EXIT_CRASH;
+	case VM_STOP_ERROR:
+	case VM_STOP_NONE:
+	default:
+		return EXIT_SETUP;
+	}
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+int cmd_run(int argc, char **argv)
+{
+	struct vm_config cfg;
+	char err[PATH_MAX + 256];
+	uint64_t start = now_ns();
+	switch (run_opts_parse(argc, argv, &cfg, err, sizeof(err))) {
+	case RUN_OPTS_HELP:
+		run_opts_usage(stdout);
+		return 0;
+	case RUN_OPTS_VERSION:
+		printf("kestrel %s\n", KESTREL_VERSION);
+		return 0;
+	case RUN_OPTS_ERROR:
+		log_err("%s", err);
+		return EXIT_SETUP;
+	case RUN_OPTS_OK:
+		break;
+	}
+	cfg.start_ns = start;
+	log_set_level(cfg.verbose >= 2 ? LOG_DEBUG : cfg.verbose == 1 ? LOG_INFO : LOG_WARN);
+
+	/* Signals: the loop thread takes SIGINT/SIGTERM/SIGHUP through a
+	 * signalfd; every thread created from here inherits the mask. */
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	vcpu_init_signals();
+
+	struct run_ctx ctx = { .sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK) };
+	ctx.loop = loop_create();
+	if (ctx.sigfd < 0 || !ctx.loop) {
+		log_err("cannot set up the main loop: %s", strerror(errno));
+		return EXIT_SETUP;
+	}
+	loop_add(ctx.loop, ctx.sigfd, EPOLLIN, run_on_signal, &ctx);
+
+	struct chardev *serial = chardev_open(&cfg.serial);
+	if (!serial) {
+		loop_destroy(ctx.loop);
+		return EXIT_SETUP;
+	}
+
+	int status;
+	for (unsigned boot = 0;; boot++) {
+		struct vm *vm = vm_create(&cfg, ctx.loop, serial);
+		if (!vm) {
+			status = EXIT_SETUP;
+			break;
+		}
+		ctx.vm = vm;
+		loop_add(ctx.loop, vm->stop_efd, EPOLLIN, run_on_stop, &ctx);
+		if (boot == 0)
+			log_info("VM '%s' built in %.3f ms: %u vCPU(s), %llu MiB", cfg.name,
+				 (double)(now_ns() - start) / 1e6, cfg.cpus,
+				 (unsigned long long)(cfg.mem_size >> 20));
+		if (vm_start(vm) == 0)
+			loop_run(ctx.loop);
+		loop_remove(ctx.loop, vm->stop_efd);
+		vm_stop(vm);
+		run_print_stats(vm);
+		bool reboot = vm->stop_reason == VM_STOP_RESET && !cfg.no_reboot;
+		status = run_exit_status(vm);
+		ctx.vm = NULL;
+		vm_destroy(vm);
+		if (!reboot)
+			break;
+		log_info("guest reset: rebooting");
+	}
+	chardev_close(serial);
+	loop_destroy(ctx.loop);
+	close(ctx.sigfd);
+	return status;
+}
