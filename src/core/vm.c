@@ -158,8 +158,9 @@ static int step_irqchip_init(struct vm *vm)
 		log_err("KVM_CREATE_IRQCHIP failed: %s", strerror(errno));
 		return -1;
 	}
-	/* The PC speaker port is left to Kestrel (unclaimed): no dummy. */
-	struct kvm_pit_config pit = { .flags = 0 };
+	/* SPEAKER_DUMMY makes KVM serve port 0x61 (PIT channel 2 gate and
+	 * output) in the kernel; Linux calibrates the TSC through it. */
+	struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
 	if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0) {
 		log_err("KVM_CREATE_PIT2 failed: %s", strerror(errno));
 		return -1;

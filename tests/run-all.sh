@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# `make test`: every tier, then one total line "N passed, N failed".
+#   tier 1  unit tests (cmocka, plain + ASan/UBSan)
+#   tier 2  micro-guests on Kestrel
+#   tier 3  Linux guest kernel on Kestrel (set KESTREL_SKIP_LINUX=1 to skip)
+set -u
+cd "$(dirname "$0")/.."
+total_p=0 total_f=0
+
+tier() {
+	local name=$1
+	shift
+	echo "=== $name"
+	local log
+	log=$(mktemp)
+	"$@" 2>&1 | tee "$log"
+	local line
+	line=$(grep -E '[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
+	if [ -z "$line" ]; then
+		echo "$name: no summary line: counted as 1 failure"
+		total_f=$((total_f + 1))
+	else
+		local p f
+		p=$(sed -E 's/^(.*[^0-9])?([0-9]+) passed.*/\2/' <<<"$line")
+		f=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")
+		total_p=$((total_p + p)) total_f=$((total_f + f))
+	fi
+	rm -f "$log"
+}
+
+tier "tier 1: unit tests" tests/run-unit.sh build
+tier "tier 2: micro-guests on Kestrel" tests/guests/run-kestrel.sh
+if [ "${KESTREL_SKIP_LINUX:-0}" = 1 ]; then
+	echo "=== tier 3: skipped (KESTREL_SKIP_LINUX=1)"
+else
+	tier "tier 3: Linux guest kernel on Kestrel" tests/linux/test-linux.sh
+fi
+echo "$total_p passed, $total_f failed"
+[ "$total_f" -eq 0 ]

@@ -1,0 +1,179 @@
+/* `kestrel run` options and their error messages. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "cli/opts.h"
+
+static enum run_opts_result parse(struct vm_config *cfg, char *err, const char *a0, ...)
+{
+	char *argv[32];
+	int argc = 0;
+	argv[argc++] = "run";
+	va_list ap;
+	va_start(ap, a0);
+	for (const char *a = a0; a; a = va_arg(ap, const char *))
+		argv[argc++] = (char *)a;
+	va_end(ap);
+	argv[argc] = NULL;
+	err[0] = 0;
+	return run_opts_parse(argc, argv, cfg, err, 512);
+}
+
+static void test_defaults(void **state)
+{
+	(void)state;
+	struct vm_config cfg;
+	char err[512];
+	assert_int_equal(parse(&cfg, err, "--kernel", "k.elf", NULL), RUN_OPTS_OK);
+	assert_string_equal(cfg.kernel, "k.elf");
+	assert_int_equal(cfg.mem_size, 256ULL << 20);
+	assert_int_equal(cfg.cpus, 1);
+	assert_int_equal(cfg.serial.kind, CHARDEV_STDIO);
+	assert_string_equal(cfg.cmdline, "");
+	assert_false(cfg.no_reboot);
+	assert_null(cfg.initrd);
+}
+
+static void test_all_options(void **state)
+{
+	(void)state;
+	struct vm_config cfg;
+	char err[512];
+	assert_int_equal(parse(&cfg, err, "--kernel=vmlinux", "--initrd", "i.cpio", "--cmdline",
+			       "console=ttyS0 panic=-1", "--memory", "4G", "--cpus", "2", "--serial",
+			       "file=/tmp/x.log", "--name", "web1", "--no-reboot", "-v", "-v", NULL),
+			 RUN_OPTS_OK);
+	assert_string_equal(cfg.kernel, "vmlinux");
+	assert_string_equal(cfg.initrd, "i.cpio");
+	assert_string_equal(cfg.cmdline, "console=ttyS0 panic=-1");
+	assert_int_equal(cfg.mem_size, 4ULL << 30);
+	assert_int_equal(cfg.cpus, 2);
+	assert_int_equal(cfg.serial.kind, CHARDEV_FILE);
+	assert_string_equal(cfg.serial.path, "/tmp/x.log");
+	assert_string_equal(cfg.name, "web1");
+	assert_true(cfg.no_reboot);
+	assert_int_equal(cfg.verbose, 2);
+}
+
+static void test_sizes(void **state)
+{
+	(void)state;
+	uint64_t v;
+	assert_int_equal(parse_size("512M", &v), 0);
+	assert_int_equal(v, 512ULL << 20);
+	assert_int_equal(parse_size("512", &v), 0); /* MiB, like QEMU's -m */
+	assert_int_equal(v, 512ULL << 20);
+	assert_int_equal(parse_size("4g", &v), 0);
+	assert_int_equal(v, 4ULL << 30);
+	assert_int_equal(parse_size("1T", &v), 0);
+	assert_int_equal(v, 1ULL << 40);
+	assert_int_equal(parse_size("64KiB", &v), 0);
+	assert_int_equal(v, 64ULL << 10);
+	assert_int_equal(parse_size("2GB", &v), 0);
+	assert_int_equal(v, 2ULL << 30);
+	assert_int_equal(parse_size("4096B", &v), 0);
+	assert_int_equal(v, 4096);
+	assert_int_equal(parse_size("", &v), -1);
+	assert_int_equal(parse_size("M", &v), -1);
+	assert_int_equal(parse_size("-1G", &v), -1);
+	assert_int_equal(parse_size("12Q", &v), -1);
+	assert_int_equal(parse_size("1.5G", &v), -1);
+	assert_int_equal(parse_size("99999999999999999999", &v), -1);
+	assert_int_equal(parse_size("17179869184T", &v), -1); /* overflows 64 bits */
+	assert_int_equal(parse_size(NULL, &v), -1);
+}
+
+static void test_errors_name_the_value(void **state)
+{
+	(void)state;
+	struct vm_config cfg;
+	char err[512];
+	static const struct {
+		const char *opt, *val, *expect;
+	} cases[] = {
+		{ "--memory", "12Q", "--memory '12Q' is not a size" },
+		{ "--memory", "8M", "--memory '8M' is out of range (accepted: 16M to 1T)" },
+		{ "--memory", "2T", "--memory '2T' is out of range" },
+		{ "--memory", "16385K", "not a multiple of 4 KiB" },
+		{ "--cpus", "0", "--cpus '0' is not a CPU count (accepted: 1 to 255)" },
+		{ "--cpus", "256", "--cpus '256'" },
+		{ "--cpus", "two", "--cpus 'two'" },
+		{ "--cpus", "2x", "--cpus '2x'" },
+		{ "--serial", "tcp:1234", "'tcp:1234' is not a console backend (expected stdio, pty, file=PATH, socket=PATH or off)" },
+		{ "--serial", "file=", "needs a path" },
+		{ "--name", "", "--name must not be empty" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		assert_int_equal(parse(&cfg, err, "--kernel", "k", cases[i].opt, cases[i].val, NULL), RUN_OPTS_ERROR);
+		if (!strstr(err, cases[i].expect))
+			fail_msg("for %s %s got '%s'", cases[i].opt, cases[i].val, err);
+		assert_null(strchr(err, '\n'));
+	}
+}
+
+static void test_structural_errors(void **state)
+{
+	(void)state;
+	struct vm_config cfg;
+	char err[512];
+	assert_int_equal(parse(&cfg, err, NULL), RUN_OPTS_ERROR);
+	assert_string_equal(err, "--kernel PATH is required");
+	assert_int_equal(parse(&cfg, err, "--kernel", "k", "--frobnicate", NULL), RUN_OPTS_ERROR);
+	assert_string_equal(err, "unknown option '--frobnicate' (see kestrel run --help)");
+	assert_int_equal(parse(&cfg, err, "--kernel", "k", "-x", NULL), RUN_OPTS_ERROR);
+	assert_string_equal(err, "unknown option '-x' (see kestrel run --help)");
+	assert_int_equal(parse(&cfg, err, "--kernel", NULL), RUN_OPTS_ERROR);
+	assert_string_equal(err, "option '--kernel' needs a value");
+	assert_int_equal(parse(&cfg, err, "--kernel", "k", "stray", NULL), RUN_OPTS_ERROR);
+	assert_string_equal(err, "unexpected argument 'stray' (options start with --)");
+	long long_path_len = 200;
+	char sock[256] = "socket=";
+	memset(sock + 7, 'a', (size_t)long_path_len);
+	sock[7 + long_path_len] = 0;
+	assert_int_equal(parse(&cfg, err, "--kernel", "k", "--serial", sock, NULL), RUN_OPTS_ERROR);
+	assert_non_null(strstr(err, "too long"));
+}
+
+static void test_help_version(void **state)
+{
+	(void)state;
+	struct vm_config cfg;
+	char err[512];
+	assert_int_equal(parse(&cfg, err, "--help", NULL), RUN_OPTS_HELP);
+	assert_int_equal(parse(&cfg, err, "--version", NULL), RUN_OPTS_VERSION);
+}
+
+static void test_serial_backends(void **state)
+{
+	(void)state;
+	struct chardev_spec s;
+	char err[256];
+	assert_int_equal(chardev_parse("stdio", &s, err, sizeof(err)), 0);
+	assert_int_equal(s.kind, CHARDEV_STDIO);
+	assert_int_equal(chardev_parse("pty", &s, err, sizeof(err)), 0);
+	assert_int_equal(s.kind, CHARDEV_PTY);
+	assert_int_equal(chardev_parse("off", &s, err, sizeof(err)), 0);
+	assert_int_equal(s.kind, CHARDEV_OFF);
+	assert_int_equal(chardev_parse("socket=/run/k.sock", &s, err, sizeof(err)), 0);
+	assert_int_equal(s.kind, CHARDEV_SOCKET);
+	assert_string_equal(s.path, "/run/k.sock");
+	assert_int_equal(chardev_parse("STDIO", &s, err, sizeof(err)), -1);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_defaults),
+		cmocka_unit_test(test_all_options),
+		cmocka_unit_test(test_sizes),
+		cmocka_unit_test(test_errors_name_the_value),
+		cmocka_unit_test(test_structural_errors),
+		cmocka_unit_test(test_help_version),
+		cmocka_unit_test(test_serial_backends),
+	};
+	return cmocka_run_group_tests_name("opts", tests, NULL, NULL);
+}
