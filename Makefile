@@ -24,31 +24,36 @@ all: kestrel guests unit-tests
 kestrel: $(O)/kestrel
 
 $(O)/kestrel: $(O)/obj/src/main.o $(O)/libkestrel.a
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	@echo "  LD      $@"
+	@$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(O)/libkestrel.a: $(LIB_OBJS)
 	@rm -f $@
-	ar rcs $@ $^
+	@ar rcs $@ $^
 
 $(O)/libkestrel-san.a: $(SAN_OBJS)
 	@rm -f $@
-	ar rcs $@ $^
+	@ar rcs $@ $^
 
 $(O)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS) -c -o $@ $<
 
 $(O)/san/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(SAN_FLAGS) -c -o $@ $<
+	@echo "  CC-SAN  $<"
+	@$(CC) $(CFLAGS) $(SAN_FLAGS) -c -o $@ $<
 
 $(O)/tests/%: tests/unit/%.c $(O)/libkestrel.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(O)/libkestrel.a -lcmocka $(LDLIBS)
+	@echo "  TEST    $@"
+	@$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(O)/libkestrel.a -lcmocka $(LDLIBS)
 
 $(O)/tests-san/%: tests/unit/%.c $(O)/libkestrel-san.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(SAN_FLAGS) -Itests/unit -o $@ $< $(O)/libkestrel-san.a -lcmocka $(LDLIBS)
+	@echo "  TEST    $@"
+	@$(CC) $(CFLAGS) $(SAN_FLAGS) -Itests/unit -o $@ $< $(O)/libkestrel-san.a -lcmocka $(LDLIBS)
 
 unit-tests: $(TESTS) $(SAN_TESTS)
 

@@ -13,6 +13,7 @@
 #include "core/device.h"
 #include "core/log.h"
 #include "core/vcpu.h"
+#include "x86/irq.h"
 #include "x86/layout.h"
 #include "x86/platform.h"
 
@@ -59,7 +60,8 @@ static int step_kvm_init(struct vm *vm)
 	    kvm_check_cap(vm, KVM_CAP_PIT2, "KVM_CAP_PIT2") ||
 	    kvm_check_cap(vm, KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT") ||
 	    kvm_check_cap(vm, KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD") ||
-	    kvm_check_cap(vm, KVM_CAP_IRQFD, "KVM_CAP_IRQFD"))
+	    kvm_check_cap(vm, KVM_CAP_IRQFD, "KVM_CAP_IRQFD") ||
+	    kvm_check_cap(vm, KVM_CAP_IRQ_ROUTING, "KVM_CAP_IRQ_ROUTING"))
 		goto fail;
 	vm->max_vcpus = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_MAX_VCPUS);
 	if (vm->max_vcpus <= 0)
@@ -156,6 +158,11 @@ static int step_irqchip_init(struct vm *vm)
 	}
 	if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0) {
 		log_err("KVM_CREATE_IRQCHIP failed: %s", strerror(errno));
+		return -1;
+	}
+	int ret = x86_irq_routing_init(vm);
+	if (ret) {
+		log_err("KVM_SET_GSI_ROUTING failed: %s", strerror(-ret));
 		return -1;
 	}
 	/* SPEAKER_DUMMY makes KVM serve port 0x61 (PIT channel 2 gate and
