@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make test`: every tier, then one total line "N passed, N failed".
-#   tier 1  unit tests (cmocka, plain + ASan/UBSan)
+#   tier 1  unit tests (cmocka, plain + ASan/UBSan) and command-line checks
 #   tier 2  micro-guests on Kestrel
 #   tier 3  Linux guest kernel on Kestrel (set KESTREL_SKIP_LINUX=1 to skip)
 set -u
@@ -29,6 +29,7 @@ tier() {
 }
 
 tier "tier 1: unit tests" tests/run-unit.sh build
+tier "tier 1: command line" tests/cli/test-cli.sh
 tier "tier 2: micro-guests on Kestrel" tests/guests/run-kestrel.sh
 if [ "${KESTREL_SKIP_LINUX:-0}" = 1 ]; then
 	echo "=== tier 3: skipped (KESTREL_SKIP_LINUX=1)"

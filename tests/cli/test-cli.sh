@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# `kestrel` command-line behaviour: exit statuses and one-line errors that
+# name the bad value, for options and for files that are not kernels.
+# Ends with "N passed, N failed".
+set -u
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+K=${KESTREL:-$ROOT/build/kestrel}
+G=${GUESTS:-$ROOT/build/guests}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+passed=0 failed=0
+
+# expect NAME STATUS REGEX -- ARGS...: runs kestrel, checks status and that
+# stderr is exactly one line matching REGEX.
+expect() {
+	local name=$1 want=$2 re=$3
+	shift 4
+	local err=$T/err
+	"$K" "$@" </dev/null >"$T/out" 2>"$err"
+	local st=$? lines
+	lines=$(wc -l <"$err")
+	if [ "$st" -ne "$want" ]; then
+		echo "FAIL $name: status $st, want $want; stderr: $(head -3 "$err")"
+		failed=$((failed + 1))
+	elif [ -n "$re" ] && { [ "$lines" -ne 1 ] || ! grep -qE -- "$re" "$err"; }; then
+		echo "FAIL $name: stderr does not match /$re/ in one line: $(head -3 "$err")"
+		failed=$((failed + 1))
+	else
+		echo "PASS $name"
+		passed=$((passed + 1))
+	fi
+}
+
+printf 'not a kernel at all\n' >"$T/text"
+head -c 600 /dev/zero >"$T/zeros"
+: >"$T/empty"
+# A bzImage whose header claims more kernel than the file has.
+python3 - "$T/trunc-bz" <<'PY'
+import struct, sys
+b = bytearray(5 * 512 + 64)
+b[0x1f1] = 4
+struct.pack_into('<I', b, 0x1f4, 0x100000)
+b[0x1fe:0x200] = b'\x55\xaa'
+b[0x200:0x202] = b'\xeb\x66'
+b[0x202:0x206] = b'HdrS'
+struct.pack_into('<H', b, 0x206, 0x020f)
+b[0x211] = 1
+struct.pack_into('<H', b, 0x236, 1)
+struct.pack_into('<Q', b, 0x258, 0x1000000)
+open(sys.argv[1], 'wb').write(b)
+PY
+# An ELF without the PVH note.
+cp /bin/true "$T/plain.elf"
+
+expect usage 2 "" --
+expect unknown-verb 2 "unknown verb 'frob'" -- frob
+expect help 0 '' -- run --help
+expect version 0 '' -- --version
+expect no-kernel 2 '^kestrel: --kernel PATH is required$' -- run
+expect bad-memory 2 "--memory '3X' is not a size" -- run --kernel "$T/text" --memory 3X
+expect small-memory 2 "--memory '1M' is out of range \(accepted: 16M to 1T\)" -- run --kernel "$T/text" --memory 1M
+expect bad-cpus 2 "--cpus '0' is not a CPU count \(accepted: 1 to 255\)" -- run --kernel "$T/text" --cpus 0
+expect bad-serial 2 "--serial: 'udp' is not a console backend" -- run --kernel "$T/text" --serial udp
+expect unknown-option 2 "unknown option '--bogus'" -- run --kernel "$T/text" --bogus
+expect missing-file 2 "cannot open kernel '$T/nope': No such file" -- run --kernel "$T/nope" --serial off
+expect directory 2 "kernel '$T' is not a regular file" -- run --kernel "$T" --serial off
+expect empty-file 2 "kernel '$T/empty' is empty" -- run --kernel "$T/empty" --serial off
+expect text-file 2 "kernel '$T/text' is neither a bzImage nor an ELF with a PVH note" -- run --kernel "$T/text" --serial off
+expect zeros 2 "neither a bzImage nor an ELF" -- run --kernel "$T/zeros" --serial off
+expect truncated-bzimage 2 "kernel '$T/trunc-bz': bzImage is truncated" -- run --kernel "$T/trunc-bz" --serial off
+expect elf-without-pvh 2 "no PVH entry note" -- run --kernel "$T/plain.elf" --serial off
+host_mib=$(awk '/MemTotal/ { print int($2 / 1024) }' /proc/meminfo)
+expect memory-over-host 2 "--memory [0-9]+ MiB is more than this host's" -- run --kernel "$G/hello.elf" --memory "$((host_mib + 1024))M" --serial off
+expect missing-initrd 2 "cannot open initrd '$T/nope'" -- run --kernel "$G/hello.elf" --initrd "$T/nope" --serial off
+expect file-serial-unwritable 2 "cannot open console backend '/nonexistent/x.log'" -- run --kernel "$G/hello.elf" --serial file=/nonexistent/x.log
+
+# Guest outcomes through the debug-exit port and ACPI.
+expect poweroff 0 '' -- run --kernel "$G/hello.elf" --serial off
+expect debug-exit-7 15 '' -- run --kernel "$G/exitcode.elf" --cmdline code=7 --serial off
+expect debug-exit-255 255 '' -- run --kernel "$G/exitcode.elf" --cmdline code=127 --serial off
+
+# Serial to a file: the guest's output lands there.
+"$K" run --kernel "$G/hello.elf" --serial "file=$T/serial.log" </dev/null >/dev/null 2>&1
+if grep -q '^Hello from a Kestrel micro-guest' "$T/serial.log"; then
+	echo "PASS serial-file"; passed=$((passed + 1))
+else
+	echo "FAIL serial-file: $(head -c 200 "$T/serial.log")"; failed=$((failed + 1))
+fi
+
+echo "cli: $passed passed, $failed failed"
