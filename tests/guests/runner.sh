@@ -1,0 +1,105 @@
+# shellcheck shell=bash
+# Shared driver for run-qemu.sh / run-kestrel.sh (sourced, not executed).
+# The VMM script defines:
+#   VMM                   name, also the cmdline token prefix it accepts
+#   vmm_command ELF MEM CPUS CMDLINE EXPECT   fills the array CMD
+#   vmm_status EXPECT STATUS ERRFILE          returns 0 if acceptable,
+#                                             else prints why
+# Usage of the VMM script: [CASE...]  (default: all cases)
+# Environment: GUESTS (dir with *.elf), LOGDIR.
+
+GUESTS=${GUESTS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/guests}
+LOGDIR=${LOGDIR:-$GUESTS/logs/$VMM}
+CASES_FILE=$(dirname "${BASH_SOURCE[0]}")/cases.sh
+
+passed=0
+failed=0
+selected=("$@")
+
+# Keeps plain tokens and this VMM's "vmm:" tokens (prefix removed).
+filter_cmdline() {
+	local kept=() tok
+	for tok in $1; do
+		case $tok in
+		"$VMM":*) kept+=("${tok#"$VMM":}") ;;
+		qemu:* | kestrel:*) ;;
+		*) kept+=("$tok") ;;
+		esac
+	done
+	echo "${kept[*]}"
+}
+
+want_case() {
+	local s
+	[ ${#selected[@]} -eq 0 ] && return 0
+	for s in "${selected[@]}"; do
+		[ "$s" = "$1" ] && return 0
+	done
+	return 1
+}
+
+case_def() {
+	local name=$1 guest=$2 mem=$3 cpus=$4 cmdline=$5 expect=$6 tmo=$7
+	shift 7
+	want_case "$name" || return 0
+
+	local elf=$GUESTS/$guest.elf out=$LOGDIR/$name.out err=$LOGDIR/$name.err
+	local why="" status t0 t1 secs re
+	if [ ! -f "$elf" ]; then
+		echo "FAIL $name: $elf missing (make -C tests/guests)"
+		failed=$((failed + 1))
+		return 0
+	fi
+	vmm_command "$elf" "$mem" "$cpus" "$(filter_cmdline "$cmdline")" "$expect"
+	echo "${CMD[*]}" >"$LOGDIR/$name.cmd"
+
+	t0=$(date +%s%N)
+	timeout -k 5 "$tmo" "${CMD[@]}" </dev/null >"$out.raw" 2>"$err"
+	status=$?
+	t1=$(date +%s%N)
+	secs=$(printf '%d.%02d' $(((t1 - t0) / 1000000000)) $(((t1 - t0) / 10000000 % 100)))
+	tr -d '\r' <"$out.raw" >"$out"
+	rm -f "$out.raw"
+
+	if [ $status -eq 124 ] || [ $status -eq 137 ]; then
+		why="timeout after ${tmo}s"
+	else
+		why=$(vmm_status "$expect" "$status" "$err") || why=${why:-"status $status"}
+	fi
+	for re in "$@"; do
+		[ -n "$why" ] && break
+		if [ "${re:0:1}" = "!" ]; then
+			grep -Eq -- "${re:1}" "$out" && why="output matches /${re:1}/"
+		else
+			grep -Eq -- "$re" "$out" || why="output lacks /$re/"
+		fi
+	done
+
+	if [ -z "$why" ]; then
+		echo "PASS $name (${secs}s)"
+		passed=$((passed + 1))
+	else
+		echo "FAIL $name (${secs}s): $why [status $status, logs $LOGDIR/$name.*]"
+		tail -n 5 "$out" | sed 's/^/    | /'
+		failed=$((failed + 1))
+	fi
+}
+
+run_cases() {
+	mkdir -p "$LOGDIR" || exit 2
+	# shellcheck source=cases.sh
+	. "$CASES_FILE"
+	echo "$passed passed, $failed failed"
+	[ $failed -eq 0 ]
+}
+
+# Status for the debug-exit style expectations, shared by both VMMs.
+debug_exit_status() {
+	case $1 in
+	poweroff) echo 0 ;;
+	pass) echo 33 ;;
+	fail) echo 35 ;;
+	exit:*) echo $(((${1#exit:} << 1 | 1) & 255)) ;;
+	*) echo -1 ;;
+	esac
+}
