@@ -30,6 +30,7 @@ tier() {
 
 tier "tier 1: unit tests" tests/run-unit.sh build
 tier "tier 1: command line" tests/cli/test-cli.sh
+tier "tier 2: process lifecycle and consoles" tests/cli/test-lifecycle.py
 tier "tier 2: micro-guests on Kestrel" tests/guests/run-kestrel.sh
 if [ "${KESTREL_SKIP_LINUX:-0}" = 1 ]; then
 	echo "=== tier 3: skipped (KESTREL_SKIP_LINUX=1)"

@@ -53,8 +53,10 @@ static void run_print_stats(const struct vm *vm)
 		return;
 	for (unsigned i = 0; i < vm->nr_vcpus; i++) {
 		const struct vcpu *v = &vm->vcpus[i];
-		log_info("vcpu%u: %llu exits (%llu PIO, %llu MMIO)", i, (unsigned long long)v->nr_exits,
-			 (unsigned long long)v->nr_io_exits, (unsigned long long)v->nr_mmio_exits);
+		log_info("vcpu%u: %llu exits (%llu PIO, %llu MMIO), %.1f ms in exit handlers (%.0f ns each)", i,
+			 (unsigned long long)v->nr_exits, (unsigned long long)v->nr_io_exits,
+			 (unsigned long long)v->nr_mmio_exits, (double)v->ns_in_exits / 1e6,
+			 v->nr_exits ? (double)v->ns_in_exits / (double)v->nr_exits : 0.0);
 	}
 	log_info("unclaimed: PIO %lu reads, %lu writes; MMIO %lu reads, %lu writes",
 		 atomic_load(&vm->pio.unclaimed_reads), atomic_load(&vm->pio.unclaimed_writes),

@@ -36,6 +36,7 @@ struct vcpu {
 	uint64_t nr_exits;
 	uint64_t nr_io_exits;
 	uint64_t nr_mmio_exits;
+	uint64_t ns_in_exits;      /* time in Kestrel's userspace exit handlers */
 };
 
 /* Creates vCPU `id` of `vm` (fd, kvm_run mapping, CPUID, MSRs, FPU, LAPIC

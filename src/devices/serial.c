@@ -29,6 +29,7 @@ static void serial_tx(void *opaque, uint8_t byte)
 static void serial_irq(void *opaque, bool level)
 {
 	struct serial *s = opaque;
+	log_debug("serial: IRQ %u %s", s->irq, level ? "raised" : "lowered");
 	vm_irq_line(s->vm, s->irq, level);
 }
 
