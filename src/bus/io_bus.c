@@ -91,17 +91,22 @@ bool io_bus_access(struct io_bus *bus, uint64_t addr, void *data, unsigned len, 
 {
 	pthread_rwlock_rdlock(&bus->lock);
 	const struct io_range *r = io_bus_find(bus, addr);
-	if (r && len <= r->len - (addr - r->base)) {
-		/* Copy out: the handler may run while a BAR move rewrites the
-		 * array, but it runs under the read lock so the range stays. */
+	struct io_range hit;
+	bool found = r && len <= r->len - (addr - r->base);
+	if (found)
+		hit = *r;
+	pthread_rwlock_unlock(&bus->lock);
+
+	/* The handler runs unlocked: a config-space write may move a BAR and
+	 * re-register ranges on this very bus. Devices outlive every access
+	 * because they are destroyed only after the vCPUs have stopped. */
+	if (found) {
 		if (is_write)
-			r->ops->write(r->dev, addr - r->base, data, len);
+			hit.ops->write(hit.dev, addr - hit.base, data, len);
 		else
-			r->ops->read(r->dev, addr - r->base, data, len);
-		pthread_rwlock_unlock(&bus->lock);
+			hit.ops->read(hit.dev, addr - hit.base, data, len);
 		return true;
 	}
-	pthread_rwlock_unlock(&bus->lock);
 
 	if (is_write) {
 		atomic_fetch_add(&bus->unclaimed_writes, 1);

@@ -1,7 +1,10 @@
 /* An address space of device ranges: one for port I/O, one for MMIO.
  *
  * Lookups run on vCPU threads concurrently; registration takes the write
- * side of a rwlock so BARs can move while the guest runs. Accesses no device
+ * side of a rwlock so BARs can move while the guest runs. Handlers are
+ * called after the lock is dropped (so a handler may itself register or
+ * unregister ranges); devices must therefore stay alive until the vCPUs are
+ * stopped, which the VM builder guarantees. Accesses no device
  * claims read as all-ones and drop writes; they are counted and the first
  * one is logged. */
 #ifndef KESTREL_IO_BUS_H
