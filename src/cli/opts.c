@@ -23,6 +23,17 @@ void run_opts_usage(FILE *f)
 		"                     MiB; 16M..1T). RAM past 3 GiB is placed above 4 GiB\n"
 		"  --cpus N           vCPUs (default 1, up to 255 and KVM's limit)\n"
 		"  --serial BACKEND   COM1: stdio (default), pty, file=PATH, socket=PATH, off\n"
+		"  --disk path=FILE[,readonly=on][,serial=ID][,cache=MODE][,snapshot=on]\n"
+		"         [,aio=io_uring|threads][,iothread=on][,num_queues=N][,transport=pci|mmio]\n"
+		"                     a virtio-blk disk on a raw image (repeatable, up to 8);\n"
+		"                     cache=none|writeback|writethrough|directsync|unsafe\n"
+		"                     (default writeback), snapshot=on discards writes at exit\n"
+		"  --console BACKEND[,transport=pci|mmio]\n"
+		"                     a virtio-console (hvc0) on stdio, pty, file=PATH,\n"
+		"                     socket=PATH or off\n"
+		"  --rng on|max-bytes=N[,period=MS][,transport=pci|mmio]\n"
+		"                     a virtio-rng fed by the host's getrandom(), optionally\n"
+		"                     limited to N bytes per period (default 1000 ms)\n"
 		"  --name NAME        VM name (for messages)\n"
 		"  --no-reboot        exit instead of rebooting when the guest resets\n"
 		"  -v, --verbose      more messages (repeat for debug)\n"
@@ -70,7 +81,7 @@ int parse_size(const char *text, uint64_t *out)
 }
 
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_CMDLINE, OPT_MEMORY, OPT_CPUS, OPT_SERIAL, OPT_NAME,
-       OPT_NO_REBOOT, OPT_HELP, OPT_VERSION };
+       OPT_NO_REBOOT, OPT_HELP, OPT_VERSION, OPT_DISK, OPT_CONSOLE, OPT_RNG };
 
 static const struct option run_long_opts[] = {
 	{ "kernel", required_argument, NULL, OPT_KERNEL },
@@ -80,6 +91,9 @@ static const struct option run_long_opts[] = {
 	{ "cpus", required_argument, NULL, OPT_CPUS },
 	{ "serial", required_argument, NULL, OPT_SERIAL },
 	{ "name", required_argument, NULL, OPT_NAME },
+	{ "disk", required_argument, NULL, OPT_DISK },
+	{ "console", required_argument, NULL, OPT_CONSOLE },
+	{ "rng", required_argument, NULL, OPT_RNG },
 	{ "no-reboot", no_argument, NULL, OPT_NO_REBOOT },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, OPT_HELP },
@@ -95,6 +109,185 @@ fail(char *err, size_t errlen, const char *fmt, ...)
 	vsnprintf(err, errlen, fmt, ap);
 	va_end(ap);
 	return RUN_OPTS_ERROR;
+}
+
+/* Splits the next "key=value" off a comma-separated list (in place).
+ * Returns false at the end. A bare word yields value NULL. */
+static bool kv_next(char **cursor, char **key, char **value)
+{
+	char *p = *cursor;
+	if (!p || !*p)
+		return false;
+	char *comma = strchr(p, ',');
+	if (comma) {
+		*comma = 0;
+		*cursor = comma + 1;
+	} else {
+		*cursor = p + strlen(p);
+	}
+	*key = p;
+	char *eq = strchr(p, '=');
+	if (eq) {
+		*eq = 0;
+		*value = eq + 1;
+	} else {
+		*value = NULL;
+	}
+	return true;
+}
+
+static int parse_onoff(const char *v, bool *out)
+{
+	if (!v || !strcmp(v, "on") || !strcmp(v, "true") || !strcmp(v, "yes")) {
+		*out = true;
+		return 0;
+	}
+	if (!strcmp(v, "off") || !strcmp(v, "false") || !strcmp(v, "no")) {
+		*out = false;
+		return 0;
+	}
+	return -1;
+}
+
+static enum run_opts_result __attribute__((format(printf, 3, 4)))
+fail(char *err, size_t errlen, const char *fmt, ...);
+
+static enum run_opts_result parse_disk(const char *arg, struct vm_config *cfg, char *err, size_t errlen)
+{
+	if (cfg->nr_disks == CONFIG_MAX_DISKS)
+		return fail(err, errlen, "too many --disk options (at most %d)", CONFIG_MAX_DISKS);
+	struct disk_config *d = &cfg->disks[cfg->nr_disks];
+	memset(d, 0, sizeof(*d));
+	d->cache = BLK_CACHE_WRITEBACK;
+	d->aio = BLK_AIO_IO_URING;
+	d->num_queues = 1;
+	d->transport = VIRTIO_TRANSPORT_PCI;
+	char buf[PATH_MAX + 256];
+	if (strlen(arg) >= sizeof(buf))
+		return fail(err, errlen, "--disk value is too long");
+	strcpy(buf, arg);
+	char *cur = buf, *k, *v;
+	while (kv_next(&cur, &k, &v)) {
+		bool b;
+		if (!strcmp(k, "path") || !strcmp(k, "file")) {
+			if (!v || !*v || strlen(v) >= sizeof(d->path))
+				return fail(err, errlen, "--disk: '%s=' needs a file name", k);
+			strcpy(d->path, v);
+		} else if (!strcmp(k, "readonly")) {
+			if (parse_onoff(v, &b))
+				return fail(err, errlen, "--disk: readonly='%s' (accepted: on, off)", v);
+			d->readonly = b;
+		} else if (!strcmp(k, "snapshot")) {
+			if (parse_onoff(v, &b))
+				return fail(err, errlen, "--disk: snapshot='%s' (accepted: on, off)", v);
+			d->snapshot = b;
+		} else if (!strcmp(k, "iothread")) {
+			if (parse_onoff(v, &b))
+				return fail(err, errlen, "--disk: iothread='%s' (accepted: on, off)", v);
+			d->iothread = b;
+		} else if (!strcmp(k, "serial")) {
+			if (!v || strlen(v) > CONFIG_DISK_SERIAL_MAX)
+				return fail(err, errlen, "--disk: serial='%s' (at most %d characters)", v ? v : "",
+					    CONFIG_DISK_SERIAL_MAX);
+			strcpy(d->serial, v);
+		} else if (!strcmp(k, "cache")) {
+			if (!v || blk_parse_cache(v, &d->cache))
+				return fail(err, errlen, "--disk: cache='%s' (accepted: none, writeback, writethrough, "
+						      "directsync, unsafe)", v ? v : "");
+		} else if (!strcmp(k, "aio")) {
+			if (!v || blk_parse_aio(v, &d->aio))
+				return fail(err, errlen, "--disk: aio='%s' (accepted: io_uring, threads)", v ? v : "");
+		} else if (!strcmp(k, "num_queues") || !strcmp(k, "num-queues")) {
+			char *end;
+			long n = v ? strtol(v, &end, 10) : 0;
+			if (!v || *end || n < 1 || n > 16)
+				return fail(err, errlen, "--disk: num_queues='%s' (accepted: 1 to 16)", v ? v : "");
+			d->num_queues = (unsigned)n;
+		} else if (!strcmp(k, "transport")) {
+			if (!v || virtio_parse_transport(v, &d->transport))
+				return fail(err, errlen, "--disk: transport='%s' (accepted: pci, mmio)", v ? v : "");
+		} else if (!strcmp(k, "format")) {
+			if (!v || strcmp(v, "raw"))
+				return fail(err, errlen, "--disk: format='%s' (accepted: raw)", v ? v : "");
+		} else if (!v && !strchr(arg, '=') && !strchr(arg, ',')) {
+			/* "--disk FILE": the whole value is the path */
+			if (strlen(k) >= sizeof(d->path))
+				return fail(err, errlen, "--disk: file name too long");
+			strcpy(d->path, k);
+		} else {
+			return fail(err, errlen, "--disk: unknown key '%s' (accepted: path, readonly, serial, cache, "
+					      "snapshot, aio, iothread, num_queues, transport, format)", k);
+		}
+	}
+	if (!d->path[0])
+		return fail(err, errlen, "--disk '%s' has no path=FILE", arg);
+	if (d->readonly && d->snapshot)
+		d->snapshot = false; /* nothing to throw away */
+	cfg->nr_disks++;
+	return RUN_OPTS_OK;
+}
+
+/* Splits a trailing ",transport=X" off a console/rng value. */
+static enum run_opts_result take_transport(char *buf, enum virtio_transport_kind *t, const char *opt,
+					   char *err, size_t errlen)
+{
+	*t = VIRTIO_TRANSPORT_PCI;
+	char *p = strstr(buf, ",transport=");
+	if (!p)
+		return RUN_OPTS_OK;
+	*p = 0;
+	const char *v = p + strlen(",transport=");
+	if (virtio_parse_transport(v, t))
+		return fail(err, errlen, "%s: transport='%s' (accepted: pci, mmio)", opt, v);
+	return RUN_OPTS_OK;
+}
+
+static enum run_opts_result parse_console(const char *arg, struct vm_config *cfg, char *err, size_t errlen)
+{
+	char buf[PATH_MAX + 64], why[PATH_MAX + 128];
+	if (strlen(arg) >= sizeof(buf))
+		return fail(err, errlen, "--console value is too long");
+	strcpy(buf, arg);
+	if (take_transport(buf, &cfg->console.transport, "--console", err, errlen) != RUN_OPTS_OK)
+		return RUN_OPTS_ERROR;
+	if (chardev_parse(buf, &cfg->console.backend, why, sizeof(why)))
+		return fail(err, errlen, "--console: %s", why);
+	cfg->console.enabled = cfg->console.backend.kind != CHARDEV_OFF;
+	return RUN_OPTS_OK;
+}
+
+static enum run_opts_result parse_rng(const char *arg, struct vm_config *cfg, char *err, size_t errlen)
+{
+	char buf[256];
+	if (strlen(arg) >= sizeof(buf))
+		return fail(err, errlen, "--rng value is too long");
+	strcpy(buf, arg);
+	struct rng_config *r = &cfg->rng;
+	if (take_transport(buf, &r->transport, "--rng", err, errlen) != RUN_OPTS_OK)
+		return RUN_OPTS_ERROR;
+	r->enabled = true;
+	r->max_bytes = 0;
+	r->period_ms = 1000;
+	char *cur = buf, *k, *v;
+	while (kv_next(&cur, &k, &v)) {
+		if (!v && (!strcmp(k, "on") || !strcmp(k, "off"))) {
+			r->enabled = !strcmp(k, "on");
+		} else if (!strcmp(k, "max-bytes") || !strcmp(k, "max_bytes") || !strcmp(k, "period")) {
+			char *end;
+			errno = 0;
+			unsigned long long n = v ? strtoull(v, &end, 10) : 0;
+			if (!v || !*v || *end || errno || n == 0)
+				return fail(err, errlen, "--rng: %s='%s' (accepted: a positive number)", k, v ? v : "");
+			if (!strcmp(k, "period"))
+				r->period_ms = n;
+			else
+				r->max_bytes = n;
+		} else {
+			return fail(err, errlen, "--rng: '%s' (accepted: on, off, max-bytes=N, period=MS, "
+					      "transport=pci|mmio)", k);
+		}
+	}
+	return RUN_OPTS_OK;
 }
 
 enum run_opts_result run_opts_parse(int argc, char **argv, struct vm_config *cfg, char *err, size_t errlen)
@@ -150,6 +343,18 @@ enum run_opts_result run_opts_parse(int argc, char **argv, struct vm_config *cfg
 			break;
 		}
 		case OPT_NO_REBOOT: cfg->no_reboot = true; break;
+		case OPT_DISK:
+			if (parse_disk(arg, cfg, err, errlen) != RUN_OPTS_OK)
+				return RUN_OPTS_ERROR;
+			break;
+		case OPT_CONSOLE:
+			if (parse_console(arg, cfg, err, errlen) != RUN_OPTS_OK)
+				return RUN_OPTS_ERROR;
+			break;
+		case OPT_RNG:
+			if (parse_rng(arg, cfg, err, errlen) != RUN_OPTS_OK)
+				return RUN_OPTS_ERROR;
+			break;
 		case 'v': cfg->verbose++; break;
 		case OPT_HELP: return RUN_OPTS_HELP;
 		case OPT_VERSION: return RUN_OPTS_VERSION;

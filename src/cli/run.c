@@ -132,7 +132,17 @@ int cmd_run(int argc, char **argv)
 	}
 	loop_add(ctx.loop, ctx.sigfd, EPOLLIN, run_on_signal, &ctx);
 
+	if (cfg.console.enabled && cfg.console.backend.kind == CHARDEV_STDIO && cfg.serial.kind == CHARDEV_STDIO) {
+		log_err("--console stdio and --serial stdio cannot share the terminal; add --serial off (or another backend)");
+		loop_destroy(ctx.loop);
+		return EXIT_SETUP;
+	}
 	struct chardev *serial = chardev_open(&cfg.serial);
+	struct chardev *console = NULL;
+	if (serial && cfg.console.enabled && !(console = chardev_open(&cfg.console.backend))) {
+		chardev_close(serial);
+		serial = NULL;
+	}
 	if (!serial) {
 		loop_destroy(ctx.loop);
 		return EXIT_SETUP;
@@ -140,7 +150,7 @@ int cmd_run(int argc, char **argv)
 
 	int status;
 	for (unsigned boot = 0;; boot++) {
-		struct vm *vm = vm_create(&cfg, ctx.loop, serial);
+		struct vm *vm = vm_create(&cfg, ctx.loop, serial, console);
 		if (!vm) {
 			status = EXIT_SETUP;
 			break;
@@ -164,6 +174,7 @@ int cmd_run(int argc, char **argv)
 			break;
 		log_info("guest reset: rebooting");
 	}
+	chardev_close(console);
 	chardev_close(serial);
 	loop_destroy(ctx.loop);
 	close(ctx.sigfd);

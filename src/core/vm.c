@@ -160,11 +160,6 @@ static int step_irqchip_init(struct vm *vm)
 		log_err("KVM_CREATE_IRQCHIP failed: %s", strerror(errno));
 		return -1;
 	}
-	int ret = x86_irq_routing_init(vm);
-	if (ret) {
-		log_err("KVM_SET_GSI_ROUTING failed: %s", strerror(-ret));
-		return -1;
-	}
 	/* SPEAKER_DUMMY makes KVM serve port 0x61 (PIT channel 2 gate and
 	 * output) in the kernel; Linux calibrates the TSC through it. */
 	struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
@@ -172,12 +167,19 @@ static int step_irqchip_init(struct vm *vm)
 		log_err("KVM_CREATE_PIT2 failed: %s", strerror(errno));
 		return -1;
 	}
+	/* Last: the only step here that allocates, so nothing to unwind. */
+	int ret = x86_irq_routing_init(vm);
+	if (ret) {
+		log_err("KVM_SET_GSI_ROUTING failed: %s", strerror(-ret));
+		return -1;
+	}
 	return 0;
 }
 
 static void step_irqchip_fini(struct vm *vm)
 {
-	(void)vm; /* released with the VM fd */
+	/* The irqchip itself goes with the VM fd. */
+	x86_irq_routing_destroy(vm);
 }
 
 static int step_bus_init(struct vm *vm)
@@ -298,7 +300,8 @@ static void vm_unwind(struct vm *vm)
 	}
 }
 
-struct vm *vm_create(const struct vm_config *cfg, struct loop *loop, struct chardev *serial)
+struct vm *vm_create(const struct vm_config *cfg, struct loop *loop, struct chardev *serial,
+		     struct chardev *console)
 {
 	struct vm *vm = calloc(1, sizeof(*vm));
 	if (!vm) {
@@ -308,6 +311,7 @@ struct vm *vm_create(const struct vm_config *cfg, struct loop *loop, struct char
 	vm->cfg = cfg;
 	vm->loop = loop;
 	vm->serial_chr = serial;
+	vm->console_chr = console;
 	for (size_t i = 0; i < VM_NR_STEPS; i++) {
 		log_debug("build: %s", vm_steps[i].name);
 		if (vm_steps[i].init(vm)) {

@@ -19,6 +19,7 @@ struct chardev;
 struct kvm_cpuid2;
 struct device_ops;
 struct pci_bus;
+struct irq_router;
 
 /* Why the VM stopped; the first reason reported wins. */
 enum vm_stop_reason {
@@ -43,6 +44,7 @@ struct vm {
 	const struct vm_config *cfg;
 	struct loop *loop;             /* not owned */
 	struct chardev *serial_chr;    /* not owned; outlives reboots */
+	struct chardev *console_chr;   /* virtio-console backend, or NULL; not owned */
 
 	int kvm_fd;
 	int vm_fd;
@@ -54,6 +56,9 @@ struct vm {
 	struct io_bus pio;
 	struct io_bus mmio;
 	struct pci_bus *pci;           /* set by the PCI host bridge device */
+	struct irq_router *irq;        /* GSI routes (x86/irq.c) */
+	unsigned nr_blk;               /* for device names */
+	unsigned nr_virtio_mmio;       /* slots used, for the DSDT */
 
 	struct vm_device devices[VM_MAX_DEVICES];
 	unsigned nr_devices;
@@ -76,8 +81,10 @@ struct vm {
 /* Builds a VM from `cfg` in one linear sequence: KVM, memory, irqchip,
  * buses, platform devices, firmware tables, kernel, vCPUs. On failure,
  * everything already built is torn down in reverse, an error line has been
- * printed, and NULL is returned. `loop` and `serial` are borrowed. */
-struct vm *vm_create(const struct vm_config *cfg, struct loop *loop, struct chardev *serial);
+ * printed, and NULL is returned. `loop`, `serial` and `console` (may be
+ * NULL) are borrowed. */
+struct vm *vm_create(const struct vm_config *cfg, struct loop *loop, struct chardev *serial,
+		     struct chardev *console);
 
 /* Starts the vCPU threads. Returns 0 or -errno. */
 int vm_start(struct vm *vm);

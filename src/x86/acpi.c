@@ -2,6 +2,7 @@
 
 #include <limits.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "x86/aml.h"
@@ -209,8 +210,30 @@ static void build_facs(struct out *o, uint64_t *gpa_out, bool *ok)
 	t[32] = 2; /* version */
 }
 
-/* The PCI host bridge. A later _PRT (INTx routing) belongs in here too: it
- * is one more Name() holding a Package of Packages. */
+/* INTx routing: slot S pin P (0 = INTA#) is wired to GSI base + (S + P) % 4,
+ * the classic swizzle over four IOAPIC pins (bus/pci.c uses the same rule).
+ * Entries name a GSI directly (source 0), so the interrupt is level
+ * triggered and active low, as ACPI defines for PCI. */
+static void dsdt_prt(struct aml *a, uint32_t gsi_base)
+{
+	aml_name(a, "_PRT");
+	size_t prt = aml_package_begin(a);
+	unsigned n = 0;
+	for (unsigned slot = 1; slot < 32; slot++) {
+		for (unsigned pin = 0; pin < 4; pin++) {
+			size_t e = aml_package_begin(a);
+			aml_integer(a, ((uint64_t)slot << 16) | 0xFFFF);
+			aml_integer(a, pin);
+			aml_integer(a, 0);
+			aml_integer(a, gsi_base + (slot + pin) % 4);
+			aml_package_end(a, e, 4);
+			n++;
+		}
+	}
+	aml_package_end(a, prt, n);
+}
+
+/* The PCI host bridge, its resources and its INTx routing. */
 static void dsdt_pci0(struct aml *a, const struct acpi_platform *p)
 {
 	uint8_t end_bus = p->ecam_base ? p->ecam_end_bus : 0xFF;
@@ -241,7 +264,29 @@ static void dsdt_pci0(struct aml *a, const struct acpi_platform *p)
 	else
 		aml_res_qword_mem(a, p->pci_mmio_start, mmio_max, false);
 	aml_restemplate_end(a, crs);
+	if (p->pci_intx_gsi_base)
+		dsdt_prt(a, p->pci_intx_gsi_base);
 	aml_device_end(a, dev);
+}
+
+/* virtio-mmio devices: "LNRO0005" is the ID Linux's virtio_mmio driver
+ * matches in ACPI, so no kernel command line is needed. */
+static void dsdt_virtio_mmio(struct aml *a, const struct acpi_platform *p)
+{
+	for (unsigned i = 0; i < p->nr_virtio_mmio && i < 256; i++) {
+		char name[5];
+		snprintf(name, sizeof(name), "VR%02X", i & 0xffu);
+		size_t dev = aml_device_begin(a, name);
+		aml_name_string(a, "_HID", "LNRO0005");
+		aml_name_integer(a, "_UID", i);
+		aml_name(a, "_CRS");
+		size_t crs = aml_restemplate_begin(a);
+		aml_res_mem32_fixed(a, (uint32_t)(p->virtio_mmio_base + (uint64_t)i * p->virtio_mmio_slot_size),
+				    p->virtio_mmio_slot_size);
+		aml_res_ext_irq(a, p->virtio_mmio_gsi + i, false, false, false);
+		aml_restemplate_end(a, crs);
+		aml_device_end(a, dev);
+	}
 }
 
 static void dsdt_legacy(struct aml *a, const struct acpi_platform *p)
@@ -309,6 +354,7 @@ static void build_dsdt(struct out *o, const struct acpi_platform *p, uint64_t *g
 
 	scope = aml_scope_begin(&a, "\\_SB");
 	dsdt_pci0(&a, p);
+	dsdt_virtio_mmio(&a, p);
 	dsdt_legacy(&a, p);
 	aml_scope_end(&a, scope);
 

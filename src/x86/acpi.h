@@ -20,9 +20,16 @@ struct acpi_platform {
 	uint8_t s5_slp_typ;
 	/* PCI root bridge resources announced in the DSDT _CRS */
 	uint64_t pci_mmio_start, pci_mmio_end; /* [start, end) */
+	/* _PRT: slot S pin P -> GSI base + (S + P) % 4; 0 = no _PRT */
+	uint32_t pci_intx_gsi_base;
 	/* ECAM: 0 = no MCFG table */
 	uint64_t ecam_base;
 	uint8_t ecam_end_bus;
+	/* virtio-mmio slots: base + n * slot_size, GSI gsi + n (edge, high) */
+	unsigned nr_virtio_mmio;
+	uint64_t virtio_mmio_base;
+	uint32_t virtio_mmio_slot_size;
+	uint32_t virtio_mmio_gsi;
 	/* Legacy devices to describe in the DSDT. */
 	uint16_t com1_port;
 	uint8_t com1_irq;

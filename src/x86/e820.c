@@ -13,6 +13,8 @@ int e820_build(uint64_t ram_size, struct e820_entry *out)
 	out[n++] = (struct e820_entry){ LAYOUT_BIOS_START, LAYOUT_HIGH_MEM - LAYOUT_BIOS_START, E820_RESERVED };
 	if (low > LAYOUT_HIGH_MEM)
 		out[n++] = (struct e820_entry){ LAYOUT_HIGH_MEM, low - LAYOUT_HIGH_MEM, E820_RAM };
+	/* ECAM must be reserved or Linux will not trust the MCFG. */
+	out[n++] = (struct e820_entry){ LAYOUT_ECAM_BASE, LAYOUT_ECAM_SIZE, E820_RESERVED };
 	out[n++] = (struct e820_entry){ LAYOUT_KVM_IDENT_MAP, LAYOUT_KVM_PRIV_END - LAYOUT_KVM_IDENT_MAP,
 					E820_RESERVED };
 	if (ram_size > low)

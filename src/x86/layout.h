@@ -20,7 +20,11 @@
 /* The 32-bit hole: RAM beyond this goes above 4 GiB. */
 #define LAYOUT_HOLE_START     0xC0000000ULL
 #define LAYOUT_PCI_MMIO_START 0xC0000000ULL /* 32-bit PCI BAR window */
-#define LAYOUT_PCI_MMIO_END   0xE0000000ULL
+#define LAYOUT_PCI_MMIO_END   0xD0000000ULL
+#define LAYOUT_VIRTIO_MMIO    0xD0000000ULL /* virtio-mmio slots, 4 KiB each */
+#define LAYOUT_VIRTIO_MMIO_SLOT 0x1000ULL
+#define LAYOUT_VIRTIO_MMIO_MAX  4           /* one IOAPIC pin each: 20-23 */
+#define LAYOUT_VIRTIO_MMIO_GSI  20
 #define LAYOUT_ECAM_BASE      0xE0000000ULL /* PCI MMCONFIG, 256 buses */
 #define LAYOUT_ECAM_SIZE      0x10000000ULL
 #define LAYOUT_IOAPIC         0xFEC00000ULL

@@ -6,6 +6,7 @@
 #include "core/log.h"
 #include "core/vm.h"
 #include "devices/devices.h"
+#include "virtio/devices.h"
 #include "x86/acpi.h"
 #include "x86/cpu.h"
 #include "x86/layout.h"
@@ -22,11 +23,20 @@ static const struct device_ops *const platform_devices[] = {
 
 int x86_platform_create_devices(struct vm *vm)
 {
+	const struct vm_config *cfg = vm->cfg;
 	for (size_t i = 0; i < sizeof(platform_devices) / sizeof(platform_devices[0]); i++) {
 		log_debug("device: %s", platform_devices[i]->name);
 		if (vm_add_device(vm, platform_devices[i], NULL))
 			return -1;
 	}
+	/* The configured devices, in command-line order within each kind. */
+	for (unsigned i = 0; i < cfg->nr_disks; i++)
+		if (vm_add_device(vm, &virtio_blk_device_ops, &cfg->disks[i]))
+			return -1;
+	if (cfg->console.enabled && vm_add_device(vm, &virtio_console_device_ops, &cfg->console))
+		return -1;
+	if (cfg->rng.enabled && vm_add_device(vm, &virtio_rng_device_ops, &cfg->rng))
+		return -1;
 	return 0;
 }
 
@@ -47,8 +57,13 @@ void x86_platform_describe(const struct vm *vm, struct acpi_platform *p)
 	p->s5_slp_typ = ACPI_S5_SLP_TYP;
 	p->pci_mmio_start = LAYOUT_PCI_MMIO_START;
 	p->pci_mmio_end = LAYOUT_PCI_MMIO_END;
-	p->ecam_base = 0; /* no MMCONFIG yet: config mechanism #1 only */
-	p->ecam_end_bus = 0;
+	p->pci_intx_gsi_base = pci_slot_gsi(0);
+	p->ecam_base = LAYOUT_ECAM_BASE;
+	p->ecam_end_bus = (uint8_t)((LAYOUT_ECAM_SIZE >> 20) - 1);
+	p->nr_virtio_mmio = vm->nr_virtio_mmio;
+	p->virtio_mmio_base = LAYOUT_VIRTIO_MMIO;
+	p->virtio_mmio_slot_size = LAYOUT_VIRTIO_MMIO_SLOT;
+	p->virtio_mmio_gsi = LAYOUT_VIRTIO_MMIO_GSI;
 	p->com1_port = PORT_COM1;
 	p->com1_irq = IRQ_COM1;
 	p->rtc_port = PORT_RTC;

@@ -33,7 +33,7 @@ static struct acpi_platform platform(unsigned nr_cpus, bool ecam)
 		.reset_value = RESET_VALUE,
 		.s5_slp_typ = ACPI_S5_SLP_TYP,
 		.pci_mmio_start = LAYOUT_PCI_MMIO_START,
-		.pci_mmio_end = LAYOUT_PCI_MMIO_END,
+		.pci_mmio_end = 0xE0000000ULL, /* fixed: PCI0_CRS below encodes it */
 		.ecam_base = ecam ? LAYOUT_ECAM_BASE : 0,
 		.ecam_end_bus = 255,
 		.com1_port = PORT_COM1,
