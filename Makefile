@@ -27,6 +27,11 @@ $(O)/kestrel: $(O)/obj/src/main.o $(O)/libkestrel.a
 	@echo "  LD      $@"
 	@$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+# The VMM itself with ASan+UBSan, for the lifecycle tests.
+$(O)/kestrel-san: $(O)/san/src/main.o $(O)/libkestrel-san.a
+	@echo "  LD-SAN  $@"
+	@$(CC) $(CFLAGS) $(SAN_FLAGS) -o $@ $^ $(LDLIBS)
+
 $(O)/libkestrel.a: $(LIB_OBJS)
 	@rm -f $@
 	@ar rcs $@ $^
@@ -55,7 +60,7 @@ $(O)/tests-san/%: tests/unit/%.c $(O)/libkestrel-san.a
 	@echo "  TEST    $@"
 	@$(CC) $(CFLAGS) $(SAN_FLAGS) -Itests/unit -o $@ $< $(O)/libkestrel-san.a -lcmocka $(LDLIBS)
 
-unit-tests: $(TESTS) $(SAN_TESTS)
+unit-tests: $(TESTS) $(SAN_TESTS) $(O)/kestrel-san
 
 guests:
 	$(MAKE) -C tests/guests OUT=$(abspath $(O))/guests
@@ -83,4 +88,4 @@ clean:
 	rm -rf $(O)
 	$(MAKE) -C tests/guests clean OUT=$(abspath $(O))/guests
 
--include $(LIB_OBJS:.o=.d) $(SAN_OBJS:.o=.d) $(O)/obj/src/main.d
+-include $(LIB_OBJS:.o=.d) $(SAN_OBJS:.o=.d) $(O)/obj/src/main.d $(O)/san/src/main.d

@@ -53,17 +53,22 @@ int iothread_start(struct iothread *t)
 	return 0;
 }
 
+void iothread_stop(struct iothread *t)
+{
+	if (!t->running)
+		return;
+	uint64_t one = 1;
+	ssize_t w = write(t->stop_fd, &one, sizeof(one));
+	(void)w;
+	pthread_join(t->thread, NULL);
+	t->running = false;
+}
+
 void iothread_destroy(struct iothread *t)
 {
 	if (!t->loop)
 		return;
-	if (t->running) {
-		uint64_t one = 1;
-		ssize_t w = write(t->stop_fd, &one, sizeof(one));
-		(void)w;
-		pthread_join(t->thread, NULL);
-		t->running = false;
-	}
+	iothread_stop(t);
 	loop_remove(t->loop, t->stop_fd);
 	close(t->stop_fd);
 	loop_destroy(t->loop);

@@ -20,7 +20,9 @@ struct iothread {
 /* Returns 0 or -errno. */
 int iothread_init(struct iothread *t, const char *name);
 int iothread_start(struct iothread *t);
-/* Stops (if running) and joins the thread, then frees the loop. */
+/* Stops and joins the thread; the loop stays, so fds can be removed. */
+void iothread_stop(struct iothread *t);
+/* Stops (if running) and frees the loop. */
 void iothread_destroy(struct iothread *t);
 
 #endif

@@ -422,9 +422,10 @@ fail:
 static void vblk_destroy(struct vm *vm, void *state)
 {
 	struct vblk *b = state;
-	/* Stop the I/O thread first: nothing may run the queues after this. */
+	/* Stop the I/O thread first: nothing may run the queues after this.
+	 * Its loop lives on until the fds are removed from it. */
 	if (b->has_iothread)
-		iothread_destroy(&b->iothread);
+		iothread_stop(&b->iothread);
 	pthread_mutex_lock(&b->vdev.lock);
 	vblk_reset(&b->vdev);
 	pthread_mutex_unlock(&b->vdev.lock);
@@ -432,9 +433,10 @@ static void vblk_destroy(struct vm *vm, void *state)
 		virtio_mmio_remove(vm, b->transport);
 	else
 		virtio_pci_remove(vm, b->transport);
-	if (!b->has_iothread)
-		loop_remove(b->loop, blk_event_fd(b->blk));
+	loop_remove(b->loop, blk_event_fd(b->blk));
 	virtio_dev_destroy(&b->vdev);
+	if (b->has_iothread)
+		iothread_destroy(&b->iothread);
 	vblk_free(b);
 }
 
