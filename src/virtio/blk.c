@@ -390,8 +390,7 @@ static int vblk_create(struct vm *vm, const void *arg, void **state)
 	if (loop_add(b->loop, blk_event_fd(b->blk), EPOLLIN, vblk_on_completion, b))
 		goto fail_vdev;
 	b->transport_kind = dc->transport;
-	b->transport = dc->transport == VIRTIO_TRANSPORT_MMIO ? virtio_mmio_add(vm, &b->vdev)
-							      : virtio_pci_add(vm, &b->vdev);
+	b->transport = virtio_transport_add(vm, &b->vdev, dc->transport);
 	if (!b->transport)
 		goto fail_loop;
 	if (b->has_iothread && iothread_start(&b->iothread)) {
@@ -403,10 +402,7 @@ static int vblk_create(struct vm *vm, const void *arg, void **state)
 	*state = b;
 	return 0;
 fail_transport:
-	if (b->transport_kind == VIRTIO_TRANSPORT_MMIO)
-		virtio_mmio_remove(vm, b->transport);
-	else
-		virtio_pci_remove(vm, b->transport);
+	virtio_transport_remove(vm, b->transport_kind, b->transport);
 fail_loop:
 	loop_remove(b->loop, blk_event_fd(b->blk));
 fail_vdev:
@@ -429,10 +425,7 @@ static void vblk_destroy(struct vm *vm, void *state)
 	pthread_mutex_lock(&b->vdev.lock);
 	vblk_reset(&b->vdev);
 	pthread_mutex_unlock(&b->vdev.lock);
-	if (b->transport_kind == VIRTIO_TRANSPORT_MMIO)
-		virtio_mmio_remove(vm, b->transport);
-	else
-		virtio_pci_remove(vm, b->transport);
+	virtio_transport_remove(vm, b->transport_kind, b->transport);
 	loop_remove(b->loop, blk_event_fd(b->blk));
 	virtio_dev_destroy(&b->vdev);
 	if (b->has_iothread)

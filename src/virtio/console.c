@@ -143,7 +143,7 @@ static int vcon_create(struct vm *vm, const void *arg, void **state)
 	if (virtio_dev_init(&c->vdev, vm, &vcon_ops, c, "virtio-console", 0, 2, VCON_QUEUE_SIZE,
 			    VCON_CONFIG_SIZE, vm->loop))
 		goto fail;
-	c->transport = c->kind == VIRTIO_TRANSPORT_MMIO ? virtio_mmio_add(vm, &c->vdev) : virtio_pci_add(vm, &c->vdev);
+	c->transport = virtio_transport_add(vm, &c->vdev, c->kind);
 	if (!c->transport)
 		goto fail_vdev;
 	if (c->chr && chardev_attach(c->chr, vm->loop, vcon_input, vcon_quit, c))
@@ -151,10 +151,7 @@ static int vcon_create(struct vm *vm, const void *arg, void **state)
 	*state = c;
 	return 0;
 fail_transport:
-	if (c->kind == VIRTIO_TRANSPORT_MMIO)
-		virtio_mmio_remove(vm, c->transport);
-	else
-		virtio_pci_remove(vm, c->transport);
+	virtio_transport_remove(vm, c->kind, c->transport);
 fail_vdev:
 	virtio_dev_destroy(&c->vdev);
 fail:
@@ -167,10 +164,7 @@ static void vcon_destroy(struct vm *vm, void *state)
 	struct vcon *c = state;
 	if (c->chr)
 		chardev_detach(c->chr);
-	if (c->kind == VIRTIO_TRANSPORT_MMIO)
-		virtio_mmio_remove(vm, c->transport);
-	else
-		virtio_pci_remove(vm, c->transport);
+	virtio_transport_remove(vm, c->kind, c->transport);
 	virtio_dev_destroy(&c->vdev);
 	free(c);
 }

@@ -355,6 +355,19 @@ void virtio_pci_remove(struct vm *vm, void *handle)
 	free(vp);
 }
 
+void *virtio_transport_add(struct vm *vm, struct virtio_dev *vdev, enum virtio_transport_kind kind)
+{
+	return kind == VIRTIO_TRANSPORT_MMIO ? virtio_mmio_add(vm, vdev) : virtio_pci_add(vm, vdev);
+}
+
+void virtio_transport_remove(struct vm *vm, enum virtio_transport_kind kind, void *handle)
+{
+	if (kind == VIRTIO_TRANSPORT_MMIO)
+		virtio_mmio_remove(vm, handle);
+	else
+		virtio_pci_remove(vm, handle);
+}
+
 int virtio_parse_transport(const char *s, enum virtio_transport_kind *out)
 {
 	if (!strcmp(s, "pci"))

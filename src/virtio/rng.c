@@ -135,7 +135,7 @@ static int vrng_create(struct vm *vm, const void *arg, void **state)
 		goto fail_timer;
 	if (loop_add(vm->loop, r->timer_fd, EPOLLIN, vrng_on_timer, r))
 		goto fail_vdev;
-	r->transport = r->kind == VIRTIO_TRANSPORT_MMIO ? virtio_mmio_add(vm, &r->vdev) : virtio_pci_add(vm, &r->vdev);
+	r->transport = virtio_transport_add(vm, &r->vdev, r->kind);
 	if (!r->transport)
 		goto fail_loop;
 	*state = r;
@@ -155,10 +155,7 @@ static void vrng_destroy(struct vm *vm, void *state)
 {
 	struct vrng *r = state;
 	log_info("virtio-rng: served %llu bytes", (unsigned long long)r->bytes_served);
-	if (r->kind == VIRTIO_TRANSPORT_MMIO)
-		virtio_mmio_remove(vm, r->transport);
-	else
-		virtio_pci_remove(vm, r->transport);
+	virtio_transport_remove(vm, r->kind, r->transport);
 	loop_remove(vm->loop, r->timer_fd);
 	virtio_dev_destroy(&r->vdev);
 	close(r->timer_fd);

@@ -15,6 +15,10 @@ void virtio_pci_remove(struct vm *vm, void *handle);
 void *virtio_mmio_add(struct vm *vm, struct virtio_dev *vdev);
 void virtio_mmio_remove(struct vm *vm, void *handle);
 
+/* Either of the above by kind. */
+void *virtio_transport_add(struct vm *vm, struct virtio_dev *vdev, enum virtio_transport_kind kind);
+void virtio_transport_remove(struct vm *vm, enum virtio_transport_kind kind, void *handle);
+
 /* Parses "pci" or "mmio". Returns 0 or -1. */
 int virtio_parse_transport(const char *s, enum virtio_transport_kind *out);
 

@@ -4,11 +4,17 @@
 # Usage:
 #   tests/linux/boot.sh VMM KERNEL [--cpus N] [--memory SIZE] [--initrd FILE]
 #                       [--extra-cmdline "ARGS"] [--timeout S] [--log FILE] [--quiet]
+#                       [--vmm-arg ARG ...]
 #
 #   VMM     qemu              qemu-system-x86_64 -enable-kvm
 #           kestrel           $KESTREL, default <repo>/build/kestrel
 #           /path/to/binary   a Kestrel binary
 #   KERNEL  a PVH vmlinux (fast) or a bzImage
+#
+# --vmm-arg ARG (repeatable) appends ARG, one word as given, to the VMM's own
+# command line (after boot.sh's options): e.g. --vmm-arg --disk --vmm-arg
+# path=root.img for Kestrel, --vmm-arg -drive --vmm-arg file=... for QEMU.
+# (QEMU_EXTRA, split on spaces, still works for QEMU.)
 #
 # The command line is
 #   console=ttyS0 <host workarounds> [ARGS] panic=-1
@@ -59,7 +65,7 @@ usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 
 (($# >= 2)) || usage
 VMM="$1"; KERNEL="$2"; shift 2
-CPUS=1; MEMORY=256M; INITRD=""; EXTRA=""; TIMEOUT=900; LOG=""; QUIET=0
+CPUS=1; MEMORY=256M; INITRD=""; EXTRA=""; TIMEOUT=900; LOG=""; QUIET=0; VMM_ARGS=()
 while (($#)); do
     case "$1" in
         --cpus) CPUS="$2"; shift 2 ;;
@@ -69,6 +75,7 @@ while (($#)); do
         --timeout) TIMEOUT="$2"; shift 2 ;;
         --log) LOG="$2"; shift 2 ;;
         --quiet) QUIET=1; shift ;;
+        --vmm-arg) VMM_ARGS+=("$2"); shift 2 ;;
         -h|--help) usage ;;
         *) echo "boot.sh: unknown option $1" >&2; usage ;;
     esac
@@ -108,6 +115,7 @@ case "$VMM" in
         [[ -n "$INITRD" ]] && cmd+=(--initrd "$INITRD")
         ;;
 esac
+cmd+=("${VMM_ARGS[@]}")
 
 if [[ -z "$LOG" ]]; then
     mkdir -p "$CACHE/logs"
