@@ -74,6 +74,24 @@ expect memory-over-host 2 "--memory [0-9]+ MiB is more than this host's" -- run 
 expect missing-initrd 2 "cannot open initrd '$T/nope'" -- run --kernel "$G/hello.elf" --initrd "$T/nope" --serial off
 expect file-serial-unwritable 2 "cannot open console backend '/nonexistent/x.log'" -- run --kernel "$G/hello.elf" --serial file=/nonexistent/x.log
 
+# No /dev/kvm (an empty /dev in a private mount namespace), and no permission
+# (an unprivileged user).
+err=$(unshare -m sh -c "mount -t tmpfs none /dev && '$K' run --kernel '$G/hello.elf' --serial off" 2>&1)
+st=$?
+if [ "$st" -eq 2 ] && [ "$err" = "kestrel: /dev/kvm does not exist: enable VT-x/AMD-V and load kvm-intel or kvm-amd" ]; then
+	echo "PASS no-dev-kvm"; passed=$((passed + 1))
+else
+	echo "FAIL no-dev-kvm: status $st: $err"; failed=$((failed + 1))
+fi
+cp "$K" "$T/kestrel" && chmod 755 "$T" "$T/kestrel"
+err=$(setpriv --reuid=65534 --regid=65534 --clear-groups "$T/kestrel" run --kernel "$G/hello.elf" --serial off 2>&1)
+st=$?
+if [ "$st" -eq 2 ] && [ "$err" = "kestrel: no permission to open /dev/kvm: run as root or join the 'kvm' group" ]; then
+	echo "PASS no-permission"; passed=$((passed + 1))
+else
+	echo "FAIL no-permission: status $st: $err"; failed=$((failed + 1))
+fi
+
 # Guest outcomes through the debug-exit port and ACPI.
 expect poweroff 0 '' -- run --kernel "$G/hello.elf" --serial off
 expect debug-exit-7 15 '' -- run --kernel "$G/exitcode.elf" --cmdline code=7 --serial off
