@@ -131,6 +131,10 @@ static int lock_image(const struct blk_file *f, const char *path, bool exclusive
 
 /* ---- open/close ----------------------------------------------------- */
 
+/* Beyond block.h: the image is a regular file (size rounded down to whole
+ * sectors) or a block device; aio=io_uring quietly (log_info) becomes
+ * aio=threads where the kernel refuses io_uring; snapshot=on with
+ * readonly=on is plain read-only. */
 struct blk *blk_open(const struct blk_options *opts, char *err, size_t errlen)
 {
 	if (!opts || !opts->path || !*opts->path) {
@@ -206,12 +210,19 @@ fail:
 	return NULL;
 }
 
+/* Waits for (and runs the callbacks of) requests still in flight, then
+ * frees everything and drops the image lock. NULL is a no-op. */
 void blk_close(struct blk *b)
 {
 	if (!b)
 		return;
 	/* Requests still in flight reference guest memory and our nodes:
-	 * let them finish (running their callbacks) before freeing. */
+	 * let them finish (running their callbacks) before freeing. A plug
+	 * left behind would hold some of them back forever. */
+	if (b->eng->plugged) {
+		b->eng->plugged = 1;
+		blk_engine_unplug(b->eng);
+	}
 	while (b->inflight) {
 		struct pollfd p = { .fd = b->eng->event_fd, .events = POLLIN };
 		poll(&p, 1, 100);
@@ -238,6 +249,10 @@ bool blk_can_discard(const struct blk *b)
 	return !b->readonly && b->top->can_discard;
 }
 
+/* 512 (the sector, which READ/WRITE offsets must be multiples of anyway)
+ * unless O_DIRECT needs more: then offsets and lengths of READ/WRITE must
+ * be multiples of it. Memory need not be: misaligned buffers are bounced,
+ * so a device only uses this to avoid the copy. */
 uint32_t blk_alignment(const struct blk *b)
 {
 	const struct blk_file *f = b->file;
@@ -253,6 +268,9 @@ int blk_event_fd(const struct blk *b)
 }
 
 /* ---- requests ------------------------------------------------------- */
+
+/* The caller's done() is parked in priv[1] while ours stands in. */
+_Static_assert(sizeof(blk_done_fn) == sizeof(void *), "blk_done_fn fits in priv[]");
 
 static void front_done(struct blk_req *req, int result)
 {
@@ -304,6 +322,12 @@ static int bounce_setup(struct blk_req *req, uint32_t align)
 	return 0;
 }
 
+/* Beyond block.h: done() never runs inside blk_submit(), even for requests
+ * that need no I/O. For READ/WRITE, req->len is set to the iovec total.
+ * Offsets and lengths must be whole sectors (and O_DIRECT-aligned, see
+ * blk_alignment()) or the request is -EINVAL; iovcnt is at most IOV_MAX.
+ * While in flight the block layer borrows req->done, req->iov/iovcnt and
+ * priv[]; they are restored before done() runs. */
 int blk_submit(struct blk *b, struct blk_req *req)
 {
 	if (!req || !req->done)
@@ -367,6 +391,17 @@ int blk_submit(struct blk *b, struct blk_req *req)
 	return 0;
 }
 
+void blk_plug(struct blk *b)
+{
+	blk_engine_plug(b->eng);
+}
+
+void blk_unplug(struct blk *b)
+{
+	blk_engine_unplug(b->eng);
+}
+
+/* Also starts, in one batch, whatever the callbacks submitted. */
 int blk_poll(struct blk *b)
 {
 	uint64_t before = b->completed;

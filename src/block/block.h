@@ -81,6 +81,14 @@ uint32_t blk_alignment(const struct blk *b);     /* required buffer/offset align
  * to a read-only image, -EINVAL for ranges past the end. */
 int blk_submit(struct blk *b, struct blk_req *req);
 
+/* Batching, for a device that drains a queue: between blk_plug() and
+ * blk_unplug(), blk_submit() may hold requests back, and blk_unplug()
+ * starts them together (one io_uring_enter for the lot instead of one per
+ * request). Pairs nest; call them on the submitting thread. blk_poll()
+ * already batches what its callbacks submit. */
+void blk_plug(struct blk *b);
+void blk_unplug(struct blk *b);
+
 /* An fd that becomes readable when completions are waiting. */
 int blk_event_fd(const struct blk *b);
 /* Runs the done() callbacks of finished requests. Returns how many. */

@@ -75,7 +75,8 @@ struct blk_engine_ops {
 	/* Starts `f`. Never fails synchronously: errors arrive through done(). */
 	void (*submit)(struct blk_engine *e, struct blk_fio *f);
 	/* Moves every finished fio to the ready list with blk_engine_finish(),
-	 * restarting short transfers. Poll thread only. */
+	 * restarting short transfers. Called only by blk_engine_poll(), with
+	 * the engine plugged. */
 	void (*reap)(struct blk_engine *e);
 	/* Starts whatever submit() queued while the engine was plugged
 	 * (optional). */
@@ -88,7 +89,7 @@ struct blk_engine {
 	const struct blk_engine_ops *ops;
 	int event_fd;               /* EFD_NONBLOCK; readable when ready/reap has work */
 	unsigned inflight;          /* submitted, done() not yet called */
-	bool plugged;               /* inside poll: submit() may defer the syscall */
+	unsigned plugged;           /* nesting depth; while >0 submit() may defer the syscall */
 	struct blk_fio *ready;      /* finished, done() pending; poll thread only */
 	struct blk_fio **ready_tail;
 };
@@ -110,6 +111,10 @@ void blk_engine_complete_later(struct blk_engine *e, struct blk_fio *f, int resu
 /* For backends: `f` finished with `result`; queues its done() call. */
 void blk_engine_finish(struct blk_engine *e, struct blk_fio *f, int result);
 void blk_engine_kick(struct blk_engine *e);
+/* Plugging: while plugged, submissions may be held back; the outermost
+ * unplug starts them in one batch. */
+void blk_engine_plug(struct blk_engine *e);
+void blk_engine_unplug(struct blk_engine *e);
 /* Drains the event fd, reaps, and runs the done() of every fio that was
  * ready when it started (ones finishing meanwhile re-arm the event fd).
  * Work submitted by those callbacks is started in one batch at the end.

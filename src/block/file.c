@@ -70,6 +70,17 @@ void blk_engine_complete_later(struct blk_engine *e, struct blk_fio *f, int resu
 	blk_engine_kick(e);
 }
 
+void blk_engine_plug(struct blk_engine *e)
+{
+	e->plugged++;
+}
+
+void blk_engine_unplug(struct blk_engine *e)
+{
+	if (e->plugged && --e->plugged == 0 && e->ops->unplug)
+		e->ops->unplug(e);
+}
+
 int blk_engine_poll(struct blk_engine *e)
 {
 	uint64_t v;
@@ -78,7 +89,7 @@ int blk_engine_poll(struct blk_engine *e)
 	ssize_t r = read(e->event_fd, &v, sizeof(v));
 	(void)r;
 	/* Completion callbacks typically submit more work: batch it. */
-	e->plugged = true;
+	blk_engine_plug(e);
 	e->ops->reap(e);
 	struct blk_fio *list = e->ready;
 	e->ready = NULL;
@@ -92,9 +103,7 @@ int blk_engine_poll(struct blk_engine *e)
 		f->done(f, f->result);
 		n++;
 	}
-	e->plugged = false;
-	if (e->ops->unplug)
-		e->ops->unplug(e);
+	blk_engine_unplug(e);
 	/* Work that done() callbacks made ready went through
 	 * blk_engine_complete_later(), which re-armed the event fd. */
 	return n;

@@ -1,6 +1,12 @@
 /* aio=io_uring: one ring per blk, its completions signalled through a
  * registered eventfd.
  *
+ * Requests are submitted as they come (one io_uring_enter each) unless the
+ * engine is plugged; then SQEs accumulate and unplug submits them in one
+ * call. The completions come back to the thread that submitted (io_uring
+ * runs them as task_work there), so submitting from a vCPU thread would
+ * interrupt KVM_RUN: submit from the I/O thread.
+ *
  * At most `cap` (the CQ size) requests are in the kernel at once, so the
  * completion queue can never overflow; the rest wait in `backlog` and are
  * started as completions are reaped. Short reads and writes are restarted
@@ -10,6 +16,7 @@
 #include <errno.h>
 #include <linux/falloc.h>
 #include <liburing.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +29,7 @@ struct uring {
 	unsigned cap;
 	unsigned in_kernel;
 	bool unsubmitted;           /* SQEs queued but not yet accepted by the kernel */
+	bool single;                /* IORING_OP_READ/WRITE exist (Linux 5.6) */
 	struct blk_fio *backlog, **backlog_tail;
 };
 
@@ -39,13 +47,21 @@ static bool prep(struct uring *u, struct blk_fio *f)
 	int cnt;
 	uint64_t off;
 	switch (f->op) {
+	/* A single segment goes as plain READ/WRITE: no iovec for the
+	 * kernel to import and keep when it punts the request to a worker. */
 	case BLK_FIO_READ:
 		blk_fio_cur(f, &iov, &cnt, &off);
-		io_uring_prep_readv(sqe, f->fd, iov, (unsigned)cnt, off);
+		if (cnt == 1 && u->single && iov[0].iov_len <= INT32_MAX)
+			io_uring_prep_read(sqe, f->fd, iov[0].iov_base, (unsigned)iov[0].iov_len, off);
+		else
+			io_uring_prep_readv(sqe, f->fd, iov, (unsigned)cnt, off);
 		break;
 	case BLK_FIO_WRITE:
 		blk_fio_cur(f, &iov, &cnt, &off);
-		io_uring_prep_writev(sqe, f->fd, iov, (unsigned)cnt, off);
+		if (cnt == 1 && u->single && iov[0].iov_len <= INT32_MAX)
+			io_uring_prep_write(sqe, f->fd, iov[0].iov_base, (unsigned)iov[0].iov_len, off);
+		else
+			io_uring_prep_writev(sqe, f->fd, iov, (unsigned)cnt, off);
 		break;
 	case BLK_FIO_DATASYNC:
 		io_uring_prep_fsync(sqe, f->fd, IORING_FSYNC_DATASYNC);
@@ -184,6 +200,8 @@ struct blk_engine *blk_uring_create(unsigned depth, char *err, size_t errlen)
 			goto fail;
 		}
 	}
+	u->single = io_uring_opcode_supported(probe, IORING_OP_READ) &&
+		    io_uring_opcode_supported(probe, IORING_OP_WRITE);
 	io_uring_free_probe(probe);
 	int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (efd < 0) {

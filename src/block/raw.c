@@ -65,8 +65,7 @@ static void raw_discard_done(struct blk_fio *f, int result)
 		/* Discard is advisory: stop asking, report success. */
 		io->raw->file->can_punch = false;
 		io->raw->node.can_discard = false;
-		result = 0;
-		raw_finish(io, result);
+		raw_finish(io, 0);
 		return;
 	}
 	raw_sync_or_finish(io, result);

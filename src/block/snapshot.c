@@ -160,7 +160,8 @@ static void snap_child_done(struct blk_req *req, int result)
 
 static struct snap_child *child_new(struct snap_io *io, int iovcnt)
 {
-	struct snap_child *ch = calloc(1, sizeof(*ch) + sizeof(struct iovec) * (size_t)(iovcnt > 0 ? iovcnt : 1));
+	size_t n = iovcnt > 0 ? (size_t)iovcnt : 1;
+	struct snap_child *ch = calloc(1, sizeof(*ch) + sizeof(struct iovec) * n);
 	if (!ch) {
 		snap_fail(io, -ENOMEM);
 		return NULL;

@@ -44,6 +44,7 @@ struct fx {
 	struct mode mode;
 	char dir[64];
 	char path[128];
+	char loopdev[64];           /* a loop device to detach at teardown */
 };
 
 static int fx_setup_in(void **state, const char *base)
@@ -77,6 +78,11 @@ static int fx_teardown(void **state)
 {
 	struct fx *fx = *state;
 	char p[256];
+	if (fx->loopdev[0]) {
+		snprintf(p, sizeof(p), "losetup -d %s", fx->loopdev);
+		if (system(p) != 0)
+			fprintf(stderr, "could not detach %s\n", fx->loopdev);
+	}
 	snprintf(p, sizeof(p), "%s/disk.img", fx->dir);
 	unlink(p);
 	snprintf(p, sizeof(p), "%s/sub", fx->dir);
@@ -438,6 +444,48 @@ static void test_close_drains(void **state)
 	free(w);
 }
 
+/* Plugged submissions start at the outermost unplug, all together; a
+ * blk_close() with a plug left behind still drains. */
+static void test_plug(void **state)
+{
+	struct fx *fx = *state;
+	make_image(fx->path, MiB, 1);
+	struct blk *b = open_blk(fx->path, fx->mode, false, false);
+	enum { N = 16 };
+	struct tio ts[N];
+	uint8_t *buf = abuf(N * 4096);
+	int pending = N;
+	blk_plug(b);
+	blk_plug(b);
+	for (int i = 0; i < N; i++) {
+		fill(buf + i * 4096, 4096, 50 + (uint32_t)i, (uint64_t)i * 8192);
+		tio_init(&ts[i], &pending, BLK_OP_WRITE, (uint64_t)i * 8192, 4096, buf + i * 4096, 1);
+		assert_int_equal(blk_submit(b, &ts[i].req), 0);
+	}
+	blk_unplug(b);
+	if (fx->mode.aio == BLK_AIO_IO_URING) {
+		/* Still plugged once: nothing has reached the kernel. */
+		struct pollfd p = { .fd = blk_event_fd(b), .events = POLLIN };
+		assert_int_equal(poll(&p, 1, 100), 0);
+	}
+	blk_unplug(b);
+	assert_int_equal(drive(b, &pending), N);
+	memset(buf, 0, N * 4096);
+	pending = N;
+	blk_plug(b);
+	for (int i = 0; i < N; i++) {
+		tio_init(&ts[i], &pending, BLK_OP_READ, (uint64_t)i * 8192, 4096, buf + i * 4096, 1);
+		assert_int_equal(blk_submit(b, &ts[i].req), 0);
+	}
+	blk_close(b); /* never unplugged */
+	assert_int_equal(pending, 0);
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(ts[i].result, 0);
+		assert_true(is_pattern(buf + i * 4096, 4096, 50 + (uint32_t)i, (uint64_t)i * 8192));
+	}
+	free(buf);
+}
+
 /* The file shrinks under a running VM: reads past its new end see zeros
  * (the short read is continued, then hits end of file). */
 static void test_file_shrinks(void **state)
@@ -573,7 +621,8 @@ static void test_lock_other_process(void **state)
 /* ---- snapshot=on ---------------------------------------------------- */
 
 /* Applies to `model` what a request does to the disk. */
-static void model_op(uint8_t *model, enum blk_op op, uint64_t off, uint64_t len, const uint8_t *data)
+static void model_op(uint8_t *model, enum blk_op op, uint64_t off, uint64_t len,
+		     const uint8_t *data)
 {
 	if (op == BLK_OP_WRITE)
 		memcpy(model + off, data, len);
@@ -900,9 +949,11 @@ static void test_block_device(void **state)
 	}
 	pclose(p);
 	dev[strcspn(dev, "\n")] = 0;
-	struct mode modes[] = { { BLK_AIO_IO_URING, BLK_CACHE_NONE }, { BLK_AIO_THREADS, BLK_CACHE_WRITEBACK } };
+	snprintf(fx->loopdev, sizeof(fx->loopdev), "%s", dev);
+	struct mode dev_modes[] = { { BLK_AIO_IO_URING, BLK_CACHE_NONE },
+				    { BLK_AIO_THREADS, BLK_CACHE_WRITEBACK } };
 	for (int i = 0; i < 2; i++) {
-		struct blk *b = open_blk(dev, modes[i], false, false);
+		struct blk *b = open_blk(dev, dev_modes[i], false, false);
 		assert_int_equal(blk_size(b), 4 * MiB);
 		uint8_t *buf = abuf(8192);
 		fill(buf, 8192, 30 + (uint32_t)i, 65536);
@@ -918,8 +969,6 @@ static void test_block_device(void **state)
 		blk_close(b);
 		free(buf);
 	}
-	snprintf(cmd, sizeof(cmd), "losetup -d %s", dev);
-	assert_int_equal(system(cmd), 0);
 }
 
 /* ---- registration --------------------------------------------------- */
@@ -956,6 +1005,8 @@ int main(void)
 		T_NAMED("ops threads unsafe", test_ops, modes[9]),
 		T_NAMED("close drains io_uring", test_close_drains, uring_none),
 		T_NAMED("close drains threads", test_close_drains, threads_wb),
+		T_NAMED("plug io_uring", test_plug, uring_none),
+		T_NAMED("plug threads", test_plug, threads_wb),
 		T_NAMED("file shrinks io_uring", test_file_shrinks, uring_wb),
 		T_NAMED("file shrinks threads", test_file_shrinks, threads_wb),
 		T_NAMED("file shrinks io_uring direct", test_file_shrinks, uring_none),
