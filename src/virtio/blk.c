@@ -95,7 +95,7 @@ static void vblk_config_read(struct virtio_dev *vdev, unsigned off, void *data, 
 	uint32_t bs = b->block_size;
 	put32(c + 0x14, bs);                         /* blk_size */
 	c[0x18] = bs >= 4096 ? 0 : 3;                /* physical block = 4 KiB */
-	put16(c + 0x1a, (uint16_t)(4096 / SECTOR)); /* min_io_size */
+	put16(c + 0x1a, (uint16_t)(4096 / bs));     /* min_io_size, in logical blocks */
 	put32(c + 0x1c, 0);                          /* opt_io_size: none */
 	put16(c + 0x22, (uint16_t)vdev->nr_queues);
 	put32(c + 0x24, VBLK_MAX_SECTORS);           /* max_discard_sectors */

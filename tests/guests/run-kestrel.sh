@@ -13,6 +13,20 @@ vmm_command() {
 	CMD=("$KESTREL" run --kernel "$1" --memory "$2" --cpus "$3"
 		--serial stdio --no-reboot)
 	[ -n "$4" ] && CMD+=(--cmdline "$4")
+	if [ -n "$DISK_IMG" ]; then
+		local disk="path=$DISK_IMG" o
+		for o in "${DISK_OPTS[@]}"; do
+			case $o in
+			ro) disk+=",readonly=on" ;;
+			snapshot) disk+=",snapshot=on" ;;
+			queues=*) disk+=",num_queues=${o#queues=}" ;;
+			discard | qemu:*) ;; # Kestrel discards whenever the file can
+			kestrel:*) disk+=",${o#kestrel:}" ;;
+			*) disk+=",$o" ;; # serial=, transport=, cache=
+			esac
+		done
+		CMD+=(--disk "$disk")
+	fi
 }
 
 vmm_status() {

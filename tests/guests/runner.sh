@@ -6,7 +6,14 @@
 #   vmm_status EXPECT STATUS ERRFILE          returns 0 if acceptable,
 #                                             else prints why
 # Usage of the VMM script: [CASE...]  (default: all cases)
-# Environment: GUESTS (dir with *.elf), LOGDIR.
+# Environment: GUESTS (dir with *.elf), LOGDIR, TMPDIR (disk images).
+#
+# Disks: `case_disk SIZE [OPT...]` before a case_def gives that case a fresh
+# sparse raw image of SIZE (removed afterwards). The VMM script reads
+# DISK_IMG (empty: no disk) and DISK_OPTS (array) in vmm_command and maps
+# the VMM-neutral options:
+#   ro  serial=ID  transport=pci|mmio  cache=MODE  discard  snapshot  queues=N
+# plus "kestrel:OPT" (appended to --disk) and "qemu:OPT" (appended to -drive).
 
 GUESTS=${GUESTS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/guests}
 LOGDIR=${LOGDIR:-$GUESTS/logs/$VMM}
@@ -15,6 +22,17 @@ CASES_FILE=$(dirname "${BASH_SOURCE[0]}")/cases.sh
 passed=0
 failed=0
 selected=("$@")
+DISK_IMG=""
+DISK_OPTS=()
+NEXT_DISK_SIZE=""
+NEXT_DISK_OPTS=()
+DISK_DIR=""
+
+case_disk() {
+	NEXT_DISK_SIZE=$1
+	shift
+	NEXT_DISK_OPTS=("$@")
+}
 
 # Keeps plain tokens and this VMM's "vmm:" tokens (prefix removed).
 filter_cmdline() {
@@ -41,7 +59,23 @@ want_case() {
 case_def() {
 	local name=$1 guest=$2 mem=$3 cpus=$4 cmdline=$5 expect=$6 tmo=$7
 	shift 7
+	local disk_size=$NEXT_DISK_SIZE
+	# shellcheck disable=SC2034  # read by vmm_command
+	DISK_OPTS=("${NEXT_DISK_OPTS[@]}")
+	NEXT_DISK_SIZE=""
+	NEXT_DISK_OPTS=()
+	DISK_IMG=""
 	want_case "$name" || return 0
+	if [ -n "$disk_size" ]; then
+		if [ -z "$DISK_DIR" ]; then
+			DISK_DIR=$(mktemp -d "${TMPDIR:-/var/tmp}/kestrel-guest-disks.XXXXXX") || exit 2
+			# shellcheck disable=SC2064  # expand now
+			trap "rm -rf '$DISK_DIR'" EXIT
+		fi
+		DISK_IMG=$DISK_DIR/$name.img
+		rm -f "$DISK_IMG"
+		truncate -s "$disk_size" "$DISK_IMG" || exit 2
+	fi
 
 	local elf=$GUESTS/$guest.elf out=$LOGDIR/$name.out err=$LOGDIR/$name.err
 	local why="" status t0 t1 secs re
@@ -60,6 +94,7 @@ case_def() {
 	secs=$(printf '%d.%02d' $(((t1 - t0) / 1000000000)) $(((t1 - t0) / 10000000 % 100)))
 	tr -d '\r' <"$out.raw" >"$out"
 	rm -f "$out.raw"
+	[ -n "$DISK_IMG" ] && rm -f "$DISK_IMG"
 
 	if [ $status -eq 124 ] || [ $status -eq 137 ]; then
 		why="timeout after ${tmo}s"
