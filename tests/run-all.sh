@@ -33,6 +33,7 @@ tier "tier 1: command line" tests/cli/test-cli.sh
 # The lifecycle checks run on the ASan+UBSan build of the VMM.
 tier "tier 2: process lifecycle and consoles (ASan+UBSan VMM)" env KESTREL=build/kestrel-san tests/cli/test-lifecycle.py
 tier "tier 2: micro-guests on Kestrel" tests/guests/run-kestrel.sh
+tier "tier 2: virtio-blk durability (SIGKILL after FLUSH)" tests/virtio/test-durability.sh
 if [ "${KESTREL_SKIP_LINUX:-0}" = 1 ]; then
 	echo "=== tier 3: skipped (KESTREL_SKIP_LINUX=1)"
 else

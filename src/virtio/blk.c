@@ -258,9 +258,15 @@ static bool vblk_handle(struct vblk *b, unsigned q, const struct virtq_chain *c)
 		}
 		virtq_copy_from_out(c, sizeof(hdr), &seg, sizeof(seg));
 		bool zeroes = hdr.type == VIRTIO_BLK_T_WRITE_ZEROES;
-		if (seg.num_sectors > VBLK_MAX_SECTORS || seg.sector > b->capacity ||
-		    seg.num_sectors > b->capacity - seg.sector || (seg.flags & ~(zeroes ? 1u : 0u))) {
+		/* Unknown flags (and unmap on a discard) are UNSUPP by the spec;
+		 * a range outside the disk is an I/O error, as for reads. */
+		if (seg.flags & ~(zeroes ? 1u : 0u)) {
 			vblk_complete(r, VIRTIO_BLK_S_UNSUPP);
+			return true;
+		}
+		if (seg.num_sectors > VBLK_MAX_SECTORS || seg.sector > b->capacity ||
+		    seg.num_sectors > b->capacity - seg.sector) {
+			vblk_complete(r, VIRTIO_BLK_S_IOERR);
 			return true;
 		}
 		br->op = zeroes ? BLK_OP_WRITE_ZEROES : BLK_OP_DISCARD;
@@ -390,12 +396,14 @@ static int vblk_create(struct vm *vm, const void *arg, void **state)
 		b->loop = b->iothread.loop;
 	}
 	uint64_t features = VIRTIO_BIT(VIRTIO_BLK_F_SEG_MAX) | VIRTIO_BIT(VIRTIO_BLK_F_BLK_SIZE) |
-			    VIRTIO_BIT(VIRTIO_BLK_F_FLUSH) | VIRTIO_BIT(VIRTIO_BLK_F_TOPOLOGY) |
-			    VIRTIO_BIT(VIRTIO_BLK_F_MQ) | VIRTIO_BIT(VIRTIO_BLK_F_WRITE_ZEROES);
+			    VIRTIO_BIT(VIRTIO_BLK_F_FLUSH) | VIRTIO_BIT(VIRTIO_BLK_F_TOPOLOGY);
+	if (dc->num_queues > 1)
+		features |= VIRTIO_BIT(VIRTIO_BLK_F_MQ);
 	if (blk_readonly(b->blk))
 		features |= VIRTIO_BIT(VIRTIO_BLK_F_RO);
-	else if (blk_can_discard(b->blk))
-		features |= VIRTIO_BIT(VIRTIO_BLK_F_DISCARD);
+	else
+		features |= VIRTIO_BIT(VIRTIO_BLK_F_WRITE_ZEROES) |
+			    (blk_can_discard(b->blk) ? VIRTIO_BIT(VIRTIO_BLK_F_DISCARD) : 0);
 	if (virtio_dev_init(&b->vdev, vm, &vblk_ops, b, b->name, features, dc->num_queues, VBLK_QUEUE_SIZE,
 			    VBLK_CONFIG_SIZE, b->loop))
 		goto fail_thread;
