@@ -38,6 +38,7 @@ if [ "${KESTREL_SKIP_LINUX:-0}" = 1 ]; then
 	echo "=== tier 3: skipped (KESTREL_SKIP_LINUX=1)"
 else
 	tier "tier 3: Linux guest kernel on Kestrel" tests/linux/test-linux.sh
+	tier "tier 3: Linux on virtio (root on vda, hvc0, rng, mmio, ro, snapshot)" tests/linux/test-linux-virtio.sh
 fi
 echo "$total_p passed, $total_f failed"
 [ "$total_f" -eq 0 ]

@@ -73,7 +73,6 @@ struct vblk {
 	char name[32];
 	char serial[CONFIG_DISK_SERIAL_MAX + 1];
 	uint64_t capacity;         /* sectors */
-	uint32_t block_size;       /* logical block size offered to the guest */
 	unsigned generation;       /* bumped by reset: stale completions are dropped */
 	unsigned inflight;
 	struct vblk_req *reqs;     /* nr_queues * VBLK_QUEUE_SIZE */
@@ -90,12 +89,12 @@ static void vblk_config_read(struct virtio_dev *vdev, unsigned off, void *data, 
 	uint8_t c[VBLK_CONFIG_SIZE] = { 0 };
 	put64(c + 0x00, b->capacity);
 	put32(c + 0x0c, VBLK_SEG_MAX);
-	/* The logical block size is what the host file accepts (with O_DIRECT
-	 * possibly 4 KiB), so the guest never sends I/O the host refuses. */
-	uint32_t bs = b->block_size;
-	put32(c + 0x14, bs);                         /* blk_size */
-	c[0x18] = bs >= 4096 ? 0 : 3;                /* physical block = 4 KiB */
-	put16(c + 0x1a, (uint16_t)(4096 / bs));     /* min_io_size, in logical blocks */
+	/* 512-byte logical blocks whatever the host: the disk's geometry must
+	 * not change with where the image lives (vblk_create makes sure the
+	 * host accepts 512-byte I/O). */
+	put32(c + 0x14, (uint32_t)SECTOR);           /* blk_size */
+	c[0x18] = 3;                                 /* physical block = 4 KiB */
+	put16(c + 0x1a, 4096 / SECTOR);              /* min_io_size, in logical blocks */
 	put32(c + 0x1c, 0);                          /* opt_io_size: none */
 	put16(c + 0x22, (uint16_t)vdev->nr_queues);
 	put32(c + 0x24, VBLK_MAX_SECTORS);           /* max_discard_sectors */
@@ -379,10 +378,23 @@ static int vblk_create(struct vm *vm, const void *arg, void **state)
 		free(b);
 		return -EIO;
 	}
+	if (blk_alignment(b->blk) > SECTOR) {
+		/* O_DIRECT here needs larger alignment than the guest's 512-byte
+		 * sectors; keep the guest's view and give up the page-cache
+		 * bypass, not the flush guarantees. */
+		log_warn("--disk %s: direct I/O on this filesystem needs %u-byte alignment; "
+			 "using the host page cache (cache=%s) instead", dc->path, blk_alignment(b->blk),
+			 dc->cache == BLK_CACHE_DIRECTSYNC ? "writethrough" : "writeback");
+		blk_close(b->blk);
+		bo.cache = dc->cache == BLK_CACHE_DIRECTSYNC ? BLK_CACHE_WRITETHROUGH : BLK_CACHE_WRITEBACK;
+		b->blk = blk_open(&bo, err, sizeof(err));
+		if (!b->blk) {
+			log_err("--disk: %s", err);
+			free(b);
+			return -EIO;
+		}
+	}
 	b->capacity = blk_size(b->blk) / SECTOR;
-	b->block_size = blk_alignment(b->blk) > SECTOR ? blk_alignment(b->blk) : SECTOR;
-	if (b->block_size > 4096 || (b->block_size & (b->block_size - 1)))
-		b->block_size = 4096;
 	b->reqs = calloc((size_t)dc->num_queues * VBLK_QUEUE_SIZE, sizeof(*b->reqs));
 	if (!b->reqs)
 		goto fail;
@@ -417,8 +429,10 @@ static int vblk_create(struct vm *vm, const void *arg, void **state)
 		log_err("%s: cannot start its I/O thread", b->name);
 		goto fail_transport;
 	}
-	log_info("%s: '%s', %llu sectors%s, cache %d", b->name, dc->path, (unsigned long long)b->capacity,
-		 blk_readonly(b->blk) ? ", read-only" : "", (int)dc->cache);
+	static const char *const cache_names[] = { "writeback", "none", "writethrough", "directsync", "unsafe" };
+	log_info("%s: '%s', %llu sectors%s%s, cache=%s", b->name, dc->path, (unsigned long long)b->capacity,
+		 blk_readonly(b->blk) ? ", read-only" : "", dc->snapshot ? ", snapshot" : "",
+		 (unsigned)bo.cache < 5 ? cache_names[bo.cache] : "?");
 	*state = b;
 	return 0;
 fail_transport:
