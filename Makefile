@@ -7,7 +7,7 @@ VERSION := 0.1.0
 WARN    := -Wall -Wextra -Werror -Wshadow -Wmissing-prototypes
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 $(WARN) -Isrc -D_GNU_SOURCE -DKESTREL_VERSION='"$(VERSION)"' -MMD -MP
-LDLIBS  := -lpthread -lutil -luring
+LDLIBS  := -lpthread -lutil -luring -lz -lzstd
 
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 

@@ -8,8 +8,8 @@ packages=(
 	build-essential make pkg-config
 	# tier 1: unit tests
 	libcmocka-dev
-	# block layer: io_uring
-	liburing-dev
+	# block layer: io_uring; qcow2 compressed clusters (deflate, zstd)
+	liburing-dev zlib1g-dev libzstd-dev
 	# tier 2: QEMU as a peer for side-by-side runs and benchmarks
 	qemu-system-x86 qemu-utils
 	# tier 3: the test kernel (Debian's linux-source-6.1) and its build deps

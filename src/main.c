@@ -13,6 +13,7 @@ struct verb {
 
 static const struct verb verbs[] = {
 	{ "run", cmd_run, "boot a virtual machine" },
+	{ "img", cmd_img, "create, inspect and convert disk images" },
 };
 
 static void usage(FILE *f)
@@ -40,6 +41,6 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
 		if (!strcmp(argv[1], verbs[i].name))
 			return verbs[i].fn(argc - 1, argv + 1);
-	log_err("unknown verb '%s' (expected: run; see kestrel --help)", argv[1]);
+	log_err("unknown verb '%s' (expected: run, img; see kestrel --help)", argv[1]);
 	return 2;
 }

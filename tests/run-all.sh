@@ -30,6 +30,9 @@ tier() {
 
 tier "tier 1: unit tests" tests/run-unit.sh build
 tier "tier 1: command line" tests/cli/test-cli.sh
+tier "tier 1: kestrel img against qemu-img" tests/img/test-img.sh
+tier "tier 1: qcow2 interop with qemu-img" tests/qcow2/test-interop.sh
+tier "tier 1: qcow2 crash consistency (SIGKILL writers)" tests/qcow2/test-crash.sh
 # The lifecycle checks run on the ASan+UBSan build of the VMM.
 tier "tier 2: process lifecycle and consoles (ASan+UBSan VMM)" env KESTREL=build/kestrel-san tests/cli/test-lifecycle.py
 tier "tier 2: micro-guests on Kestrel" tests/guests/run-kestrel.sh

@@ -3,6 +3,7 @@
  * itself is done by the node stack (format driver, optional snapshot
  * overlay) over the file engine; see block_int.h. */
 #include "block/block_int.h"
+#include "block/qcow2.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -37,7 +38,7 @@ struct bounce {
 	int orig_iovcnt;
 };
 
-static const struct blk_format_ops *const formats[] = { &blk_format_raw };
+static const struct blk_format_ops *const formats[] = { &blk_format_raw, &blk_format_qcow2 };
 
 /* ---- image locking -------------------------------------------------- */
 
@@ -148,7 +149,7 @@ struct blk *blk_open(const struct blk_options *opts, char *err, size_t errlen)
 		if (strcmp(formats[i]->name, fmt_name) == 0)
 			fmt = formats[i];
 	if (!fmt) {
-		snprintf(err, errlen, "image '%s': format '%s' is not supported (expected raw)", path,
+		snprintf(err, errlen, "image '%s': format '%s' is not supported (expected raw or qcow2)", path,
 			 fmt_name);
 		return NULL;
 	}

@@ -16,6 +16,7 @@
 struct image;
 struct blk_file;
 struct blk_node;
+struct blk_format_ops;
 
 /* ---- creation ------------------------------------------------------- */
 

@@ -3,5 +3,6 @@
 #define KESTREL_CLI_H
 
 int cmd_run(int argc, char **argv);
+int cmd_img(int argc, char **argv);
 
 #endif

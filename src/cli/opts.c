@@ -25,7 +25,9 @@ void run_opts_usage(FILE *f)
 		"  --serial BACKEND   COM1: stdio (default), pty, file=PATH, socket=PATH, off\n"
 		"  --disk path=FILE[,readonly=on][,serial=ID][,cache=MODE][,snapshot=on]\n"
 		"         [,aio=io_uring|threads][,iothread=on][,num_queues=N][,transport=pci|mmio]\n"
-		"                     a virtio-blk disk on a raw image (repeatable, up to 8);\n"
+		"         [,format=raw|qcow2]\n"
+		"                     a virtio-blk disk (repeatable, up to 8; format is never\n"
+		"                     guessed: raw unless format=qcow2);\n"
 		"                     cache=none|writeback|writethrough|directsync|unsafe\n"
 		"                     (default writeback), snapshot=on discards writes at exit\n"
 		"  --console BACKEND[,transport=pci|mmio]\n"
@@ -158,6 +160,7 @@ static enum run_opts_result parse_disk(const char *arg, struct vm_config *cfg, c
 		return fail(err, errlen, "too many --disk options (at most %d)", CONFIG_MAX_DISKS);
 	struct disk_config *d = &cfg->disks[cfg->nr_disks];
 	memset(d, 0, sizeof(*d));
+	strcpy(d->format, "raw");
 	d->cache = BLK_CACHE_WRITEBACK;
 	d->aio = BLK_AIO_IO_URING;
 	d->num_queues = 1;
@@ -207,8 +210,9 @@ static enum run_opts_result parse_disk(const char *arg, struct vm_config *cfg, c
 			if (!v || virtio_parse_transport(v, &d->transport))
 				return fail(err, errlen, "--disk: transport='%s' (accepted: pci, mmio)", v ? v : "");
 		} else if (!strcmp(k, "format")) {
-			if (!v || strcmp(v, "raw"))
-				return fail(err, errlen, "--disk: format='%s' (accepted: raw)", v ? v : "");
+			if (!v || (strcmp(v, "raw") && strcmp(v, "qcow2")))
+				return fail(err, errlen, "--disk: format='%s' (accepted: raw, qcow2)", v ? v : "");
+			strcpy(d->format, v);
 		} else if (!v && !strchr(arg, '=') && !strchr(arg, ',')) {
 			/* "--disk FILE": the whole value is the path */
 			if (strlen(k) >= sizeof(d->path))

@@ -20,6 +20,7 @@
 
 struct disk_config {
 	char path[PATH_MAX];
+	char format[8];       /* "raw" (default) or "qcow2"; never probed */
 	char serial[CONFIG_DISK_SERIAL_MAX + 1];
 	bool readonly;
 	bool snapshot;

@@ -368,7 +368,7 @@ static int vblk_create(struct vm *vm, const void *arg, void **state)
 	snprintf(b->name, sizeof(b->name), "virtio-blk%u", vm->nr_blk++);
 	snprintf(b->serial, sizeof(b->serial), "%s", dc->serial);
 	struct blk_options bo = {
-		.path = dc->path, .format = "raw", .readonly = dc->readonly,
+		.path = dc->path, .format = dc->format, .readonly = dc->readonly,
 		.cache = dc->cache, .aio = dc->aio, .snapshot = dc->snapshot,
 	};
 	char err[PATH_MAX + 256];
