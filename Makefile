@@ -18,7 +18,7 @@ TEST_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 TESTS     := $(TEST_SRCS:tests/unit/%.c=$(O)/tests/%)
 SAN_TESTS := $(TEST_SRCS:tests/unit/%.c=$(O)/tests-san/%)
 
-.PHONY: all kestrel guests unit-tests test test-unit test-guests test-qemu test-linux bench clean
+.PHONY: all kestrel guests unit-tests test test-unit test-guests test-qemu test-linux test-long bench bench-virtio bench-img clean
 all: kestrel guests unit-tests
 
 kestrel: $(O)/kestrel
@@ -81,8 +81,19 @@ test-qemu: guests
 test-linux: kestrel
 	tests/linux/test-linux.sh
 
+# Long runs, not part of `make test`: the full qcow2-vs-raw scribbler matrix.
+test-long: all
+	tests/qcow2/run-scribbler.sh
+
+# Benchmarks print figures; they assert nothing.
 bench: kestrel guests
 	bench/bench-foundation.sh
+
+bench-virtio: kestrel guests
+	bench/bench-virtio-blk.sh
+
+bench-img: kestrel
+	bench/bench-img.sh
 
 clean:
 	rm -rf $(O)
