@@ -42,6 +42,7 @@ if [ "${KESTREL_SKIP_LINUX:-0}" = 1 ]; then
 else
 	tier "tier 3: Linux guest kernel on Kestrel" tests/linux/test-linux.sh
 	tier "tier 3: Linux on virtio (root on vda, hvc0, rng, mmio, ro, snapshot)" tests/linux/test-linux-virtio.sh
+	tier "tier 3: Linux root on a qcow2 overlay over a raw base" tests/linux/test-linux-qcow2.sh
 fi
 echo "$total_p passed, $total_f failed"
 [ "$total_f" -eq 0 ]

@@ -879,9 +879,13 @@ static void test_open_errors(void **state)
 	assert_string_equal(err, "cannot open image '/dev/null': not a regular file or block device");
 
 	make_image(fx->path, MiB, 1);
-	open_fails((struct blk_options){ .path = fx->path, .format = "qcow2" }, err, sizeof(err));
-	snprintf(want, sizeof(want), "image '%s': format 'qcow2' is not supported (expected raw)",
+	open_fails((struct blk_options){ .path = fx->path, .format = "vmdk" }, err, sizeof(err));
+	snprintf(want, sizeof(want), "image '%s': format 'vmdk' is not supported (expected raw or qcow2)",
 		 fx->path);
+	assert_string_equal(err, want);
+	/* format=qcow2 on a raw file: refused, never misread. */
+	open_fails((struct blk_options){ .path = fx->path, .format = "qcow2" }, err, sizeof(err));
+	snprintf(want, sizeof(want), "image '%s': not a qcow2 image (bad magic)", fx->path);
 	assert_string_equal(err, want);
 	struct blk *b = blk_open(&(struct blk_options){ .path = fx->path, .format = "raw" }, err,
 				 sizeof(err));
