@@ -563,7 +563,7 @@ static int setup_caches(struct qcow2 *q)
 	return qc_init(&q->rbc, (unsigned)m, cs, false);
 }
 
-static int load_table(struct qcow2 *q, uint64_t off, uint64_t entries, uint64_t **out)
+int qcow2_load_table(struct qcow2 *q, uint64_t off, uint64_t entries, uint64_t **out)
 {
 	uint64_t bytes = entries * 8;
 	uint64_t *t = NULL;
@@ -825,9 +825,9 @@ struct qcow2 *qcow2_open(int fd, const char *path, bool readonly, bool direct, u
 		seterr(err, errlen, "%s", strerror(-r));
 		goto fail;
 	}
-	r = load_table(q, q->l1_offset, q->l1_size, &q->l1);
+	r = qcow2_load_table(q, q->l1_offset, q->l1_size, &q->l1);
 	if (r == 0)
-		r = load_table(q, q->rt_offset, q->rt_entries, &q->reftable);
+		r = qcow2_load_table(q, q->rt_offset, q->rt_entries, &q->reftable);
 	if (r < 0) {
 		seterr(err, errlen, "reading tables: %s", strerror(-r));
 		goto fail;

@@ -216,6 +216,10 @@ struct qcow2 *qcow2_open(int fd, const char *path, bool readonly, bool direct, u
  * the flush result. */
 int qcow2_close(struct qcow2 *q);
 int qcow2_flush(struct qcow2 *q);
+/* Reads a table of `entries` big-endian u64s at `off` into a malloc'd,
+ * 4 KiB-aligned, host-endian array (*out, freed with free()). Returns 0
+ * or -errno. */
+int qcow2_load_table(struct qcow2 *q, uint64_t off, uint64_t entries, uint64_t **out);
 /* Applies the deferred frees made safe by the last flush. */
 int qcow2_apply_ready(struct qcow2 *q);
 int qcow2_read(struct qcow2 *q, uint64_t off, void *buf, size_t len);

@@ -239,22 +239,6 @@ int qcow2_l1_refcounts(struct qcow2 *q, const uint64_t *l1, uint32_t l1_size, in
 	return 0;
 }
 
-static int load_l1(struct qcow2 *q, uint64_t off, uint32_t n, uint64_t **out)
-{
-	uint64_t *t = calloc(n ? n : 1, 8);
-	if (!t)
-		return -ENOMEM;
-	int r = n ? img_pread(q->fd, q->direct, t, (size_t)n * 8, off) : 0;
-	if (r < 0) {
-		free(t);
-		return r;
-	}
-	for (uint32_t i = 0; i < n; i++)
-		t[i] = q_be64(&t[i]);
-	*out = t;
-	return 0;
-}
-
 static int find_snap(const struct qcow2 *q, const char *id_or_name)
 {
 	for (uint32_t i = 0; i < q->nb_snapshots; i++)
@@ -451,7 +435,9 @@ fail:
 	return r;
 }
 
-int qcow2_snapshot_apply(struct image *img, const char *id_or_name, char *err, size_t errlen)
+/* The writable image and the index of snapshot `id_or_name` in it.
+ * Returns the index, or -errno with the reason in `err`. */
+static int snap_lookup(struct image *img, const char *id_or_name, struct qcow2 **qp, char *err, size_t errlen)
 {
 	struct qcow2 *q = writable_q(img, err, errlen);
 	if (!q)
@@ -461,6 +447,16 @@ int qcow2_snapshot_apply(struct image *img, const char *id_or_name, char *err, s
 		snprintf(err, errlen, "no snapshot '%s' in '%s'", id_or_name, q->path);
 		return -ENOENT;
 	}
+	*qp = q;
+	return i;
+}
+
+int qcow2_snapshot_apply(struct image *img, const char *id_or_name, char *err, size_t errlen)
+{
+	struct qcow2 *q;
+	int i = snap_lookup(img, id_or_name, &q, err, errlen);
+	if (i < 0)
+		return i;
 	struct qcow2_snap *s = &q->snaps[i];
 	if (s->disk_size != q->size) {
 		snprintf(err, errlen, "snapshot '%s' has a different disk size (%llu, image %llu): not supported",
@@ -468,7 +464,7 @@ int qcow2_snapshot_apply(struct image *img, const char *id_or_name, char *err, s
 		return -ENOTSUP;
 	}
 	uint64_t *sl1 = NULL;
-	int r = load_l1(q, s->l1_offset, s->l1_size, &sl1);
+	int r = qcow2_load_table(q, s->l1_offset, s->l1_size, &sl1);
 	if (r < 0)
 		goto fail;
 	r = qcow2_flush(q);
@@ -551,17 +547,13 @@ fail:
 
 int qcow2_snapshot_delete(struct image *img, const char *id_or_name, char *err, size_t errlen)
 {
-	struct qcow2 *q = writable_q(img, err, errlen);
-	if (!q)
-		return image_qcow2(img) ? -EROFS : -ENOTSUP;
-	int i = find_snap(q, id_or_name);
-	if (i < 0) {
-		snprintf(err, errlen, "no snapshot '%s' in '%s'", id_or_name, q->path);
-		return -ENOENT;
-	}
+	struct qcow2 *q;
+	int i = snap_lookup(img, id_or_name, &q, err, errlen);
+	if (i < 0)
+		return i;
 	struct qcow2_snap victim = q->snaps[i];
 	uint64_t *sl1 = NULL;
-	int r = load_l1(q, victim.l1_offset, victim.l1_size, &sl1);
+	int r = qcow2_load_table(q, victim.l1_offset, victim.l1_size, &sl1);
 	if (r < 0)
 		goto fail;
 	r = qcow2_flush(q);

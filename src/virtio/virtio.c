@@ -46,6 +46,8 @@ int virtio_dev_init(struct virtio_dev *vdev, struct vm *vm, const struct virtio_
 	vdev->queues = calloc(nr_queues, sizeof(*vdev->queues));
 	if (!vdev->queues)
 		goto fail;
+	for (unsigned i = 0; i < nr_queues; i++)
+		vdev->queues[i].kick_fd = -1; /* so a partial init unwinds only what it made */
 	for (unsigned i = 0; i < nr_queues; i++) {
 		struct virtio_queue *q = &vdev->queues[i];
 		q->vdev = vdev;
@@ -70,7 +72,7 @@ void virtio_dev_destroy(struct virtio_dev *vdev)
 {
 	for (unsigned i = 0; vdev->queues && i < vdev->nr_queues; i++) {
 		struct virtio_queue *q = &vdev->queues[i];
-		if (q->kick_fd > 0) {
+		if (q->kick_fd >= 0) {
 			loop_remove(vdev->loop, q->kick_fd);
 			close(q->kick_fd);
 		}
