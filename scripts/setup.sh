@@ -10,6 +10,8 @@ packages=(
 	libcmocka-dev
 	# block layer: io_uring; qcow2 compressed clusters (deflate, zstd)
 	liburing-dev zlib1g-dev libzstd-dev
+	# networking: user-mode networking; tests: namespaces, DHCP server
+	libslirp-dev iproute2 dnsmasq-base
 	# tier 2: QEMU as a peer for side-by-side runs and benchmarks
 	qemu-system-x86 qemu-utils
 	# tier 3: the test kernel (Debian's linux-source-6.1) and its build deps

@@ -44,6 +44,43 @@ struct rng_config {
 	enum virtio_transport_kind transport;
 };
 
+#define CONFIG_MAX_NICS 4
+#define CONFIG_MAX_HOSTFWD 8
+
+enum net_kind { NET_KIND_TAP, NET_KIND_BRIDGE, NET_KIND_USER };
+enum net_model { NET_MODEL_VIRTIO, NET_MODEL_E1000 };
+enum net_vhost { NET_VHOST_AUTO, NET_VHOST_ON, NET_VHOST_OFF };
+
+/* hostfwd=tcp|udp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT (user mode).
+ * Addresses in network byte order; 0 = any host address / the guest's
+ * DHCP address. */
+struct net_hostfwd {
+	bool udp;
+	uint32_t host_addr;
+	uint16_t host_port;
+	uint32_t guest_addr;
+	uint16_t guest_port;
+};
+
+struct net_config {
+	enum net_kind kind;
+	enum net_model model;
+	enum virtio_transport_kind transport;
+	char ifname[16];       /* tap: the interface (created if missing); bridge: optional */
+	char bridge[16];       /* bridge: the bridge to enslave the tap to */
+	uint8_t mac[6];        /* always set: given or derived from the VM name */
+	unsigned queues;       /* queue pairs; 0 = one per vCPU if the backend can */
+	enum net_vhost vhost;
+	/* user mode: the guest network (network byte order) and forwards */
+	uint32_t net_addr, net_mask;
+	struct net_hostfwd hostfwd[CONFIG_MAX_HOSTFWD];
+	unsigned nr_hostfwd;
+	/* token-bucket limits per direction; 0 = unlimited */
+	uint64_t bw;           /* bytes per second */
+	uint64_t pps;          /* packets per second */
+	unsigned index;        /* NIC number, for names ("virtio-net0", "e1000-1") */
+};
+
 struct vm_config {
 	const char *kernel;   /* required */
 	const char *initrd;   /* or NULL */
@@ -57,6 +94,8 @@ struct vm_config {
 	unsigned nr_disks;
 	struct console_config console;
 	struct rng_config rng;
+	struct net_config nics[CONFIG_MAX_NICS];
+	unsigned nr_nics;
 	int verbose;          /* count of -v */
 	uint64_t start_ns;    /* CLOCK_MONOTONIC at process start, for -v timings */
 };
