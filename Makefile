@@ -6,7 +6,7 @@ VERSION := 0.1.0
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wmissing-prototypes
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=gnu11 $(WARN) -Isrc $(shell pkg-config --cflags slirp 2>/dev/null) -D_GNU_SOURCE -DKESTREL_VERSION='"$(VERSION)"' -MMD -MP
+CFLAGS  += -std=gnu11 $(WARN) -Isrc -D_GNU_SOURCE -DKESTREL_VERSION='"$(VERSION)"' -MMD -MP
 LDLIBS  := -lpthread -lutil -luring -lz -lzstd -lslirp
 
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
