@@ -8,8 +8,10 @@
  * offload requests, and on RX such backends pass an all-zero header.
  *
  * Threads: a backend is created for one `struct loop` (the NIC's I/O
- * thread). send/recv/rx_notify are called from that thread only; the
- * backend calls be->rx_ready on that thread too. Backends that have their
+ * thread). recv/rx_notify/set_offloads are called from that thread only,
+ * and the backend calls be->rx_ready on that thread too. send() may be
+ * called from any thread (e1000 transmits on the vCPU thread that wrote
+ * TDT) but never concurrently for the same queue. Backends that have their
  * own thread (slirp) do their locking inside.
  *
  * RX is pull-based so that a guest without buffers applies backpressure:
