@@ -3,10 +3,13 @@
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <arpa/inet.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "net/net.h"
 
 void run_opts_usage(FILE *f)
 {
@@ -36,7 +39,23 @@ void run_opts_usage(FILE *f)
 		"  --rng on|max-bytes=N[,period=MS][,transport=pci|mmio]\n"
 		"                     a virtio-rng fed by the host's getrandom(), optionally\n"
 		"                     limited to N bytes per period (default 1000 ms)\n"
-		"  --name NAME        VM name (for messages)\n"
+		"  --net tap,ifname=NAME[,queues=N][,vhost=on|off][,NIC options]\n"
+		"  --net bridge,br=BRIDGE[,ifname=NAME][,NIC options]\n"
+		"  --net user[,net=10.0.2.0/24][,hostfwd=tcp|udp:[HOSTADDR]:PORT-[GUESTADDR]:PORT]\n"
+		"         [,NIC options]\n"
+		"  --net none\n"
+		"                     a NIC (repeatable, up to 4): on a tap (created if missing,\n"
+		"                     brought up), on a new tap enslaved to BRIDGE (needs\n"
+		"                     CAP_NET_ADMIN), or on user-mode networking (libslirp: NAT,\n"
+		"                     DHCP from 10.0.2.15, DNS 10.0.2.3, host forwards). NIC\n"
+		"                     options: model=virtio|e1000 (default virtio),\n"
+		"                     mac=52:54:00:xx:xx:xx (default: derived from --name),\n"
+		"                     transport=pci|mmio (virtio), bw=RATE bytes/s (K, M, G:\n"
+		"                     powers of 1000) and pps=N: token-bucket limits per\n"
+		"                     direction. queues= defaults to one pair per vCPU on a tap;\n"
+		"                     vhost-net is used when /dev/vhost-net exists (vhost=off:\n"
+		"                     never)\n"
+		"  --name NAME        VM name (for messages, default MACs)\n"
 		"  --no-reboot        exit instead of rebooting when the guest resets\n"
 		"  -v, --verbose      more messages (repeat for debug)\n"
 		"  --help             this text\n"
@@ -83,7 +102,7 @@ int parse_size(const char *text, uint64_t *out)
 }
 
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_CMDLINE, OPT_MEMORY, OPT_CPUS, OPT_SERIAL, OPT_NAME,
-       OPT_NO_REBOOT, OPT_HELP, OPT_VERSION, OPT_DISK, OPT_CONSOLE, OPT_RNG };
+       OPT_NO_REBOOT, OPT_HELP, OPT_VERSION, OPT_DISK, OPT_CONSOLE, OPT_RNG, OPT_NET };
 
 static const struct option run_long_opts[] = {
 	{ "kernel", required_argument, NULL, OPT_KERNEL },
@@ -96,6 +115,8 @@ static const struct option run_long_opts[] = {
 	{ "disk", required_argument, NULL, OPT_DISK },
 	{ "console", required_argument, NULL, OPT_CONSOLE },
 	{ "rng", required_argument, NULL, OPT_RNG },
+	{ "net", required_argument, NULL, OPT_NET },
+	{ "nic", required_argument, NULL, OPT_NET },
 	{ "no-reboot", no_argument, NULL, OPT_NO_REBOOT },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, OPT_HELP },
@@ -294,6 +315,215 @@ static enum run_opts_result parse_rng(const char *arg, struct vm_config *cfg, ch
 	return RUN_OPTS_OK;
 }
 
+/* A rate: digits with an optional K/M/G suffix (powers of 1000). */
+static int parse_rate(const char *text, uint64_t *out)
+{
+	if (!text || !isdigit((unsigned char)text[0]))
+		return -1;
+	errno = 0;
+	char *end;
+	unsigned long long v = strtoull(text, &end, 10);
+	if (errno)
+		return -1;
+	uint64_t mul = 1;
+	switch (toupper((unsigned char)*end)) {
+	case 0: break;
+	case 'K': mul = 1000; end++; break;
+	case 'M': mul = 1000000; end++; break;
+	case 'G': mul = 1000000000; end++; break;
+	default: return -1;
+	}
+	if (*end || v == 0 || v > UINT64_MAX / mul)
+		return -1;
+	*out = v * mul;
+	return 0;
+}
+
+static int parse_ipv4(const char *s, uint32_t *out)
+{
+	struct in_addr a;
+	if (inet_pton(AF_INET, s, &a) != 1)
+		return -1;
+	*out = a.s_addr;
+	return 0;
+}
+
+static int parse_port(const char *s, uint16_t *out)
+{
+	char *end;
+	errno = 0;
+	long n = strtol(s, &end, 10);
+	if (errno || end == s || *end || n < 1 || n > 65535)
+		return -1;
+	*out = (uint16_t)n;
+	return 0;
+}
+
+/* [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT, as QEMU's hostfwd. */
+static int parse_hostfwd(const char *text, struct net_hostfwd *fw)
+{
+	char buf[128];
+	if (strlen(text) >= sizeof(buf))
+		return -1;
+	strcpy(buf, text);
+	memset(fw, 0, sizeof(*fw));
+	char *p = buf;
+	char *colon = strchr(p, ':');
+	if (!colon)
+		return -1;
+	*colon = 0;
+	if (!strcmp(p, "udp"))
+		fw->udp = true;
+	else if (*p && strcmp(p, "tcp"))
+		return -1;
+	p = colon + 1;
+	char *dash = strchr(p, '-');
+	if (!dash)
+		return -1;
+	*dash = 0;
+	char *guest = dash + 1;
+	/* host side: [ADDR]:PORT */
+	colon = strrchr(p, ':');
+	if (!colon)
+		return -1;
+	*colon = 0;
+	if (*p && parse_ipv4(p, &fw->host_addr))
+		return -1;
+	if (parse_port(colon + 1, &fw->host_port))
+		return -1;
+	colon = strrchr(guest, ':');
+	if (!colon)
+		return -1;
+	*colon = 0;
+	if (*guest && parse_ipv4(guest, &fw->guest_addr))
+		return -1;
+	if (parse_port(colon + 1, &fw->guest_port))
+		return -1;
+	return 0;
+}
+
+static enum run_opts_result parse_net(const char *arg, struct vm_config *cfg, char *err, size_t errlen)
+{
+	char buf[1024];
+	if (strlen(arg) >= sizeof(buf))
+		return fail(err, errlen, "--net value is too long");
+	strcpy(buf, arg);
+	char *cur = buf, *k, *v;
+	if (!kv_next(&cur, &k, &v) || v)
+		return fail(err, errlen, "--net '%s': start with a backend (accepted: tap, bridge, user, none)", arg);
+	if (!strcmp(k, "none")) {
+		if (*cur)
+			return fail(err, errlen, "--net none takes no options");
+		return RUN_OPTS_OK;
+	}
+	if (cfg->nr_nics == CONFIG_MAX_NICS)
+		return fail(err, errlen, "too many --net options (at most %d)", CONFIG_MAX_NICS);
+	struct net_config *n = &cfg->nics[cfg->nr_nics];
+	memset(n, 0, sizeof(*n));
+	n->index = cfg->nr_nics;
+	if (!strcmp(k, "tap"))
+		n->kind = NET_KIND_TAP;
+	else if (!strcmp(k, "bridge"))
+		n->kind = NET_KIND_BRIDGE;
+	else if (!strcmp(k, "user"))
+		n->kind = NET_KIND_USER;
+	else
+		return fail(err, errlen, "--net: backend '%s' (accepted: tap, bridge, user, none)", k);
+	const char *kind = k;
+	bool transport_given = false;
+	while (kv_next(&cur, &k, &v)) {
+		bool b;
+		if (!v)
+			return fail(err, errlen, "--net %s: '%s' needs a value (key=value)", kind, k);
+		if (!strcmp(k, "ifname") && n->kind != NET_KIND_USER) {
+			if (!*v || strlen(v) >= sizeof(n->ifname) || strchr(v, '/') || strchr(v, ' '))
+				return fail(err, errlen, "--net %s: ifname='%s' (accepted: 1 to 15 characters, no '/' or spaces)",
+					    kind, v);
+			strcpy(n->ifname, v);
+		} else if (!strcmp(k, "br") && n->kind == NET_KIND_BRIDGE) {
+			if (!*v || strlen(v) >= sizeof(n->bridge) || strchr(v, '/') || strchr(v, ' '))
+				return fail(err, errlen, "--net bridge: br='%s' (accepted: 1 to 15 characters, no '/' or spaces)", v);
+			strcpy(n->bridge, v);
+		} else if (!strcmp(k, "model")) {
+			if (!strcmp(v, "virtio") || !strcmp(v, "virtio-net") || !strcmp(v, "virtio-net-pci"))
+				n->model = NET_MODEL_VIRTIO;
+			else if (!strcmp(v, "e1000") || !strcmp(v, "82540em"))
+				n->model = NET_MODEL_E1000;
+			else
+				return fail(err, errlen, "--net %s: model='%s' (accepted: virtio, e1000)", kind, v);
+		} else if (!strcmp(k, "mac")) {
+			if (net_parse_mac(v, n->mac))
+				return fail(err, errlen, "--net %s: mac='%s' (accepted: a unicast address like 52:54:00:12:34:56)",
+					    kind, v);
+			n->mac_given = true;
+		} else if (!strcmp(k, "transport")) {
+			if (virtio_parse_transport(v, &n->transport))
+				return fail(err, errlen, "--net %s: transport='%s' (accepted: pci, mmio)", kind, v);
+			transport_given = true;
+		} else if (!strcmp(k, "queues") && n->kind != NET_KIND_USER) {
+			char *end;
+			long q = strtol(v, &end, 10);
+			if (!*v || *end || q < 1 || q > NET_MAX_QUEUES)
+				return fail(err, errlen, "--net %s: queues='%s' (accepted: 1 to %d)", kind, v, NET_MAX_QUEUES);
+			n->queues = (unsigned)q;
+		} else if (!strcmp(k, "vhost") && n->kind != NET_KIND_USER) {
+			if (parse_onoff(v, &b))
+				return fail(err, errlen, "--net %s: vhost='%s' (accepted: on, off)", kind, v);
+			n->vhost = b ? NET_VHOST_ON : NET_VHOST_OFF;
+		} else if (!strcmp(k, "net") && n->kind == NET_KIND_USER) {
+			char a[32];
+			char *slash = strchr(v, '/');
+			char *end = NULL;
+			long prefix = slash ? strtol(slash + 1, &end, 10) : -1;
+			if (!slash || (size_t)(slash - v) >= sizeof(a) || !slash[1] || *end || prefix < 8 || prefix > 28)
+				return fail(err, errlen, "--net user: net='%s' (accepted: ADDR/PREFIX, prefix 8 to 28, "
+						      "e.g. 10.0.2.0/24)", v);
+			memcpy(a, v, (size_t)(slash - v));
+			a[slash - v] = 0;
+			if (parse_ipv4(a, &n->net_addr))
+				return fail(err, errlen, "--net user: net='%s': '%s' is not an IPv4 address", v, a);
+			n->net_mask = htonl(~0u << (32 - prefix));
+			n->net_addr &= n->net_mask;
+		} else if (!strcmp(k, "hostfwd") && n->kind == NET_KIND_USER) {
+			if (n->nr_hostfwd == CONFIG_MAX_HOSTFWD)
+				return fail(err, errlen, "--net user: too many hostfwd (at most %d)", CONFIG_MAX_HOSTFWD);
+			if (parse_hostfwd(v, &n->hostfwd[n->nr_hostfwd]))
+				return fail(err, errlen, "--net user: hostfwd='%s' (accepted: [tcp|udp]:[HOSTADDR]:HOSTPORT-"
+						      "[GUESTADDR]:GUESTPORT, e.g. tcp::2222-:22)", v);
+			n->nr_hostfwd++;
+		} else if (!strcmp(k, "bw")) {
+			if (parse_rate(v, &n->bw))
+				return fail(err, errlen, "--net %s: bw='%s' (accepted: bytes per second, e.g. 1250000 or 10M)",
+					    kind, v);
+		} else if (!strcmp(k, "pps")) {
+			if (parse_rate(v, &n->pps))
+				return fail(err, errlen, "--net %s: pps='%s' (accepted: packets per second, e.g. 1000 or 20K)",
+					    kind, v);
+		} else {
+			const char *accepted = n->kind == NET_KIND_TAP ? "ifname, queues, vhost"
+					     : n->kind == NET_KIND_BRIDGE ? "br, ifname, queues, vhost"
+					     : "net, hostfwd";
+			return fail(err, errlen, "--net %s: unknown key '%s' (accepted: %s, model, mac, transport, bw, pps)",
+				    kind, k, accepted);
+		}
+	}
+	if (n->kind == NET_KIND_TAP && !n->ifname[0])
+		return fail(err, errlen, "--net tap needs ifname=NAME");
+	if (n->kind == NET_KIND_BRIDGE && !n->bridge[0])
+		return fail(err, errlen, "--net bridge needs br=BRIDGE");
+	if (n->model == NET_MODEL_E1000) {
+		if (transport_given && n->transport != VIRTIO_TRANSPORT_PCI)
+			return fail(err, errlen, "--net %s: model=e1000 is a PCI device (transport=mmio is for virtio)", kind);
+		if (n->queues > 1)
+			return fail(err, errlen, "--net %s: model=e1000 has one queue (queues=%u)", kind, n->queues);
+		n->queues = 1;
+	}
+	if (n->kind == NET_KIND_USER)
+		n->queues = 1;   /* slirp is one stream of frames */
+	cfg->nr_nics++;
+	return RUN_OPTS_OK;
+}
+
 enum run_opts_result run_opts_parse(int argc, char **argv, struct vm_config *cfg, char *err, size_t errlen)
 {
 	memset(cfg, 0, sizeof(*cfg));
@@ -359,6 +589,10 @@ enum run_opts_result run_opts_parse(int argc, char **argv, struct vm_config *cfg
 			if (parse_rng(arg, cfg, err, errlen) != RUN_OPTS_OK)
 				return RUN_OPTS_ERROR;
 			break;
+		case OPT_NET:
+			if (parse_net(arg, cfg, err, errlen) != RUN_OPTS_OK)
+				return RUN_OPTS_ERROR;
+			break;
 		case 'v': cfg->verbose++; break;
 		case OPT_HELP: return RUN_OPTS_HELP;
 		case OPT_VERSION: return RUN_OPTS_VERSION;
@@ -384,5 +618,14 @@ enum run_opts_result run_opts_parse(int argc, char **argv, struct vm_config *cfg
 		return fail(err, errlen, "unexpected argument '%s' (options start with --)", argv[optind]);
 	if (!cfg->kernel)
 		return fail(err, errlen, "--kernel PATH is required");
+	/* Default MACs hang off the final --name, wherever it was given. */
+	for (unsigned i = 0; i < cfg->nr_nics; i++)
+		if (!cfg->nics[i].mac_given)
+			net_default_mac(cfg->name, i, cfg->nics[i].mac);
+	for (unsigned i = 0; i < cfg->nr_nics; i++)
+		for (unsigned j = 0; j < i; j++)
+			if (!memcmp(cfg->nics[i].mac, cfg->nics[j].mac, 6))
+				return fail(err, errlen, "--net: NICs %u and %u have the same MAC; give one a different mac=", j,
+					    i);
 	return RUN_OPTS_OK;
 }

@@ -69,6 +69,7 @@ struct net_config {
 	char ifname[16];       /* tap: the interface (created if missing); bridge: optional */
 	char bridge[16];       /* bridge: the bridge to enslave the tap to */
 	uint8_t mac[6];        /* always set: given or derived from the VM name */
+	bool mac_given;
 	unsigned queues;       /* queue pairs; 0 = one per vCPU if the backend can */
 	enum net_vhost vhost;
 	/* user mode: the guest network (network byte order) and forwards */

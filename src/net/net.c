@@ -8,31 +8,6 @@
 #include "core/config.h"
 #include "core/log.h"
 
-struct net_backend *net_backend_create(const struct net_config *nc, const char *vm_name,
-				       struct loop *loop, unsigned want_queues)
-{
-	(void)vm_name;
-	if (want_queues == 0)
-		want_queues = 1;
-	if (want_queues > NET_MAX_QUEUES)
-		want_queues = NET_MAX_QUEUES;
-	switch (nc->kind) {
-	case NET_KIND_TAP:
-	case NET_KIND_BRIDGE:
-		return net_tap_create(nc, loop, want_queues);
-	case NET_KIND_USER:
-		return net_user_create(nc, loop);
-	}
-	log_err("net: unknown backend kind %d", (int)nc->kind);
-	return NULL;
-}
-
-void net_backend_destroy(struct net_backend *be)
-{
-	if (be)
-		be->ops->destroy(be);
-}
-
 void net_stats_format(const struct net_stats *s, char *buf, size_t len)
 {
 #define G(f) ((unsigned long long)atomic_load_explicit(&s->f, memory_order_relaxed))

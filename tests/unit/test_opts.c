@@ -6,7 +6,10 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+
 #include "cli/opts.h"
+#include "net/net.h"
 
 static enum run_opts_result parse(struct vm_config *cfg, char *err, const char *a0, ...)
 {
@@ -164,6 +167,91 @@ static void test_serial_backends(void **state)
 	assert_int_equal(chardev_parse("STDIO", &s, err, sizeof(err)), -1);
 }
 
+static void test_net(void **state)
+{
+	(void)state;
+	struct vm_config cfg;
+	char err[512];
+	assert_int_equal(parse(&cfg, err, "--kernel", "k", "--net", "tap,ifname=ktap0,queues=2,vhost=off,bw=10M,pps=20K",
+			       "--net", "user,net=192.168.5.0/24,hostfwd=tcp::2222-:22,hostfwd=udp:127.0.0.1:5353-10.0.2.9:53,model=e1000",
+			       "--net", "bridge,br=br0,mac=52:54:00:aa:bb:cc,transport=mmio", "--net", "none", "--name", "vm7", NULL),
+			 RUN_OPTS_OK);
+	assert_int_equal(cfg.nr_nics, 3);
+	struct net_config *t = &cfg.nics[0], *u = &cfg.nics[1], *b = &cfg.nics[2];
+	assert_int_equal(t->kind, NET_KIND_TAP);
+	assert_string_equal(t->ifname, "ktap0");
+	assert_int_equal(t->queues, 2);
+	assert_int_equal(t->vhost, NET_VHOST_OFF);
+	assert_int_equal(t->bw, 10000000);
+	assert_int_equal(t->pps, 20000);
+	assert_int_equal(t->model, NET_MODEL_VIRTIO);
+	assert_int_equal(u->kind, NET_KIND_USER);
+	assert_int_equal(u->model, NET_MODEL_E1000);
+	assert_int_equal(u->queues, 1);
+	assert_int_equal(u->net_addr, inet_addr("192.168.5.0"));
+	assert_int_equal(u->net_mask, inet_addr("255.255.255.0"));
+	assert_int_equal(u->nr_hostfwd, 2);
+	assert_false(u->hostfwd[0].udp);
+	assert_int_equal(u->hostfwd[0].host_addr, 0);
+	assert_int_equal(u->hostfwd[0].host_port, 2222);
+	assert_int_equal(u->hostfwd[0].guest_addr, 0);
+	assert_int_equal(u->hostfwd[0].guest_port, 22);
+	assert_true(u->hostfwd[1].udp);
+	assert_int_equal(u->hostfwd[1].host_addr, inet_addr("127.0.0.1"));
+	assert_int_equal(u->hostfwd[1].guest_addr, inet_addr("10.0.2.9"));
+	assert_int_equal(u->hostfwd[1].guest_port, 53);
+	assert_int_equal(b->kind, NET_KIND_BRIDGE);
+	assert_string_equal(b->bridge, "br0");
+	assert_int_equal(b->transport, VIRTIO_TRANSPORT_MMIO);
+	const uint8_t want[6] = { 0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc };
+	assert_memory_equal(b->mac, want, 6);
+	/* Default MACs: 52:54:00 prefix, distinct, derived from the final --name. */
+	assert_int_equal(t->mac[0], 0x52);
+	assert_int_equal(t->mac[2], 0x00);
+	assert_memory_not_equal(t->mac, u->mac, 6);
+	uint8_t m[6];
+	net_default_mac("vm7", 0, m);
+	assert_memory_equal(t->mac, m, 6);
+	assert_int_equal(t->index, 0);
+	assert_int_equal(b->index, 2);
+
+	static const char *const bad[][2] = {
+		{ "tap", "--net tap needs ifname=NAME" },
+		{ "bridge", "--net bridge needs br=BRIDGE" },
+		{ "slirp", "--net: backend 'slirp' (accepted: tap, bridge, user, none)" },
+		{ "tap,ifname=a,model=rtl8139", "--net tap: model='rtl8139' (accepted: virtio, e1000)" },
+		{ "tap,ifname=a,mac=01:00:5e:00:00:01", "--net tap: mac='01:00:5e:00:00:01' (accepted: a unicast address like 52:54:00:12:34:56)" },
+		{ "tap,ifname=a,mac=52:54:00:1:2:3", "--net tap: mac='52:54:00:1:2:3' (accepted: a unicast address like 52:54:00:12:34:56)" },
+		{ "tap,ifname=a,queues=9", "--net tap: queues='9' (accepted: 1 to 8)" },
+		{ "tap,ifname=a,vhost=maybe", "--net tap: vhost='maybe' (accepted: on, off)" },
+		{ "tap,ifname=a,bw=fast", "--net tap: bw='fast' (accepted: bytes per second, e.g. 1250000 or 10M)" },
+		{ "tap,ifname=a,pps=0", "--net tap: pps='0' (accepted: packets per second, e.g. 1000 or 20K)" },
+		{ "tap,ifname=a,model=e1000,transport=mmio", "--net tap: model=e1000 is a PCI device (transport=mmio is for virtio)" },
+		{ "tap,ifname=a,model=e1000,queues=2", "--net tap: model=e1000 has one queue (queues=2)" },
+		{ "tap,ifname=abcdefghijklmnop", "--net tap: ifname='abcdefghijklmnop' (accepted: 1 to 15 characters, no '/' or spaces)" },
+		{ "user,queues=2", "--net user: unknown key 'queues' (accepted: net, hostfwd, model, mac, transport, bw, pps)" },
+		{ "user,net=10.0.2.0", "--net user: net='10.0.2.0' (accepted: ADDR/PREFIX, prefix 8 to 28, e.g. 10.0.2.0/24)" },
+		{ "user,net=10.0.300.0/24", "--net user: net='10.0.300.0/24': '10.0.300.0' is not an IPv4 address" },
+		{ "user,hostfwd=tcp::99999-:22", "--net user: hostfwd='tcp::99999-:22' (accepted: [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT, e.g. tcp::2222-:22)" },
+		{ "user,hostfwd=sctp::1-:2", "--net user: hostfwd='sctp::1-:2' (accepted: [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT, e.g. tcp::2222-:22)" },
+		{ "user,restrict", "--net user: 'restrict' needs a value (key=value)" },
+		{ "none,x=1", "--net none takes no options" },
+		{ "ifname=a", "--net 'ifname=a': start with a backend (accepted: tap, bridge, user, none)" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_equal(parse(&cfg, err, "--kernel", "k", "--net", bad[i][0], NULL), RUN_OPTS_ERROR);
+		assert_string_equal(err, bad[i][1]);
+	}
+	assert_int_equal(parse(&cfg, err, "--kernel", "k", "--net", "user,mac=52:54:00:00:00:01", "--net",
+			       "user,mac=52:54:00:00:00:01", NULL),
+			 RUN_OPTS_ERROR);
+	assert_string_equal(err, "--net: NICs 0 and 1 have the same MAC; give one a different mac=");
+	assert_int_equal(parse(&cfg, err, "--kernel", "k", "--net", "user", "--net", "user", "--net", "user", "--net",
+			       "user", "--net", "user", NULL),
+			 RUN_OPTS_ERROR);
+	assert_string_equal(err, "too many --net options (at most 4)");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -174,6 +262,7 @@ int main(void)
 		cmocka_unit_test(test_structural_errors),
 		cmocka_unit_test(test_help_version),
 		cmocka_unit_test(test_serial_backends),
+		cmocka_unit_test(test_net),
 	};
 	return cmocka_run_group_tests_name("opts", tests, NULL, NULL);
 }
