@@ -20,6 +20,7 @@ static void virtio_kick(void *opaque, uint32_t events)
 	uint64_t n;
 	if (read(q->kick_fd, &n, sizeof(n)) < 0)
 		return;
+	atomic_fetch_add_explicit(&q->kicks, n, memory_order_relaxed);
 	pthread_mutex_lock(&vdev->lock);
 	if ((vdev->status & VIRTIO_STATUS_DRIVER_OK) && !(vdev->status & VIRTIO_STATUS_NEEDS_RESET) &&
 	    q->enabled)
@@ -73,7 +74,8 @@ void virtio_dev_destroy(struct virtio_dev *vdev)
 	for (unsigned i = 0; vdev->queues && i < vdev->nr_queues; i++) {
 		struct virtio_queue *q = &vdev->queues[i];
 		if (q->kick_fd >= 0) {
-			loop_remove(vdev->loop, q->kick_fd);
+			if (!q->kick_detached)
+				loop_remove(vdev->loop, q->kick_fd);
 			close(q->kick_fd);
 		}
 	}
@@ -173,10 +175,36 @@ void virtio_dev_config_write(struct virtio_dev *vdev, unsigned off, const void *
 		vdev->ops->config_write(vdev, off, data, len);
 }
 
-void virtio_queue_notify_guest(struct virtio_dev *vdev, unsigned q)
+bool virtio_queue_notify_guest(struct virtio_dev *vdev, unsigned q)
 {
-	if (virtq_should_notify(&vdev->queues[q].vq))
-		vdev->transport->notify_queue(vdev, q);
+	if (!virtq_should_notify(&vdev->queues[q].vq))
+		return false;
+	vdev->transport->notify_queue(vdev, q);
+	return true;
+}
+
+int virtio_queue_detach_kick(struct virtio_dev *vdev, unsigned q)
+{
+	struct virtio_queue *vq = &vdev->queues[q];
+	if (!vq->kick_detached) {
+		loop_remove(vdev->loop, vq->kick_fd);
+		vq->kick_detached = true;
+	}
+	return vq->kick_fd;
+}
+
+int virtio_queue_attach_kick(struct virtio_dev *vdev, unsigned q)
+{
+	struct virtio_queue *vq = &vdev->queues[q];
+	if (!vq->kick_detached)
+		return 0;
+	int ret = loop_add(vdev->loop, vq->kick_fd, EPOLLIN, virtio_kick, vq);
+	if (ret < 0) {
+		log_err("%s: cannot watch queue %u's doorbell again: %s", vdev->name, q, strerror(-ret));
+		return ret;
+	}
+	vq->kick_detached = false;
+	return 0;
 }
 
 void virtio_dev_needs_reset(struct virtio_dev *vdev, const char *why)

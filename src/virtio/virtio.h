@@ -74,6 +74,8 @@ struct virtio_queue {
 	bool enabled;                /* queue_enable / QueueReady */
 	uint16_t msix_vector;
 	int kick_fd;                 /* eventfd: ioeventfd target */
+	bool kick_detached;          /* kick_fd is read by someone else (vhost) */
+	atomic_uint_fast64_t kicks;  /* doorbells seen: the sum of the eventfd counts */
 	struct virtio_dev *vdev;
 	unsigned index;
 };
@@ -122,8 +124,15 @@ void virtio_dev_config_read(struct virtio_dev *vdev, unsigned off, void *data, u
 void virtio_dev_config_write(struct virtio_dev *vdev, unsigned off, const void *data, unsigned len);
 
 /* Device helpers (I/O thread, lock held): signal the driver that queue q
- * has used buffers, if it wants to know. */
-void virtio_queue_notify_guest(struct virtio_dev *vdev, unsigned q);
+ * has used buffers, if it wants to know. Returns true if an interrupt was
+ * sent. */
+bool virtio_queue_notify_guest(struct virtio_dev *vdev, unsigned q);
+/* Takes queue q's kick eventfd out of the I/O loop, so that another reader
+ * (vhost) consumes the doorbells, or gives it back. I/O thread only (the
+ * loop is not thread-safe). Detaching returns the eventfd; attaching
+ * returns 0 or -errno (the queue is then deaf until the next attach). */
+int virtio_queue_detach_kick(struct virtio_dev *vdev, unsigned q);
+int virtio_queue_attach_kick(struct virtio_dev *vdev, unsigned q);
 /* A malformed request: the device is marked NEEDS_RESET, the driver told. */
 void virtio_dev_needs_reset(struct virtio_dev *vdev, const char *why);
 bool virtio_dev_has_feature(const struct virtio_dev *vdev, unsigned bit);

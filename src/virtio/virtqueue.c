@@ -249,6 +249,11 @@ enum virtq_pop_result virtq_pop(struct virtq *vq, struct virtq_chain *chain)
 	return VIRTQ_OK;
 }
 
+void virtq_unpop(struct virtq *vq, uint16_t n)
+{
+	vq->last_avail = (uint16_t)(vq->last_avail - n);
+}
+
 void virtq_push(struct virtq *vq, uint16_t head, uint32_t len)
 {
 	uint8_t *used = used_ring(vq);

@@ -91,6 +91,12 @@ int virtq_validate(const struct virtq *vq);
 /* Takes the next available chain, see the contract above. */
 enum virtq_pop_result virtq_pop(struct virtq *vq, struct virtq_chain *chain);
 
+/* Gives back the last `n` chains virtq_pop() returned (VIRTQ_OK ones the
+ * device has not pushed), so the next pops return them again, as QEMU's
+ * virtqueue_unpop. A chain completed meanwhile, or one popped before it,
+ * must not be given back. */
+void virtq_unpop(struct virtq *vq, uint16_t n);
+
 /* Returns a completed chain to the driver: writes the used element and
  * publishes the new used index (release ordering). `len` is the number of
  * bytes the device wrote into the chain's writable buffers. */

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "core/loop.h"
@@ -177,6 +178,55 @@ static void test_config_bounds(void **state)
 	virtio_dev_config_write(&f->vdev, 100, &v, 4); /* no config_write op: ignored */
 }
 
+/* Doorbells are counted from the eventfd value; a detached kick fd is no
+ * longer read by the loop and comes back on attach. */
+static int loop_quitter_fd;
+static void quit_loop(void *opaque, uint32_t events)
+{
+	(void)events;
+	loop_quit(opaque);
+}
+
+static void run_loop_once(struct fake *f)
+{
+	loop_quitter_fd = loop_timer_add(f->loop, 20 * 1000 * 1000, 0, quit_loop, f->loop);
+	assert_true(loop_quitter_fd >= 0);
+	loop_run(f->loop);
+	loop_timer_remove(f->loop, loop_quitter_fd);
+}
+
+static void test_kicks_counted_and_detach(void **state)
+{
+	struct fake *f = *state;
+	drive_to_features_ok(f, VIRTIO_BIT(VIRTIO_F_VERSION_1));
+	struct virtio_queue *q = &f->vdev.queues[0];
+	q->vq.size = 64;
+	q->vq.desc_gpa = 0x1000;
+	q->vq.avail_gpa = 0x2000;
+	q->vq.used_gpa = 0x3000;
+	assert_int_equal(virtio_dev_enable_queue(&f->vdev, 0), 0);
+	virtio_dev_set_status(&f->vdev, f->vdev.status | VIRTIO_STATUS_DRIVER_OK);
+	run_loop_once(f); /* the kick DRIVER_OK writes */
+	uint64_t base = atomic_load(&q->kicks);
+	int notifies = f->queue_notifies;
+	uint64_t three = 3;
+	assert_int_equal(write(q->kick_fd, &three, 8), 8);
+	run_loop_once(f);
+	assert_int_equal(atomic_load(&q->kicks), base + 3);
+	assert_int_equal(f->queue_notifies, notifies + 1);
+
+	assert_int_equal(virtio_queue_detach_kick(&f->vdev, 0), q->kick_fd);
+	assert_int_equal(write(q->kick_fd, &three, 8), 8);
+	run_loop_once(f);
+	assert_int_equal(f->queue_notifies, notifies + 1);
+	assert_int_equal(virtio_queue_attach_kick(&f->vdev, 0), 0);
+	run_loop_once(f);
+	assert_int_equal(f->queue_notifies, notifies + 2);
+	assert_int_equal(atomic_load(&q->kicks), base + 6);
+	/* Detached at destroy: no double removal. */
+	virtio_queue_detach_kick(&f->vdev, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -188,6 +238,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_queue_enable_checks_rings, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_queue_size_over_max, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_config_bounds, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_kicks_counted_and_detach, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("virtio", tests, NULL, NULL);
 }

@@ -197,6 +197,32 @@ static void test_single(void **state)
 	assert_int_equal(virtq_pop(&fx.vq, &ch), VIRTQ_EMPTY);
 }
 
+/* Unpop gives back the newest chains, across the index wrap too. */
+static void test_unpop(void **state)
+{
+	(void)state;
+	start_at(0xfffe);
+	for (unsigned i = 0; i < 3; i++) {
+		desc(i, DATA + 0x100 * i, 64, VIRTQ_DESC_F_WRITE, 0);
+		avail_add((uint16_t)i);
+	}
+	for (unsigned i = 0; i < 3; i++) {
+		assert_int_equal(virtq_pop(&fx.vq, &ch), VIRTQ_OK);
+		assert_int_equal(ch.head, i);
+	}
+	assert_int_equal(fx.vq.last_avail, 1);
+	virtq_push(&fx.vq, 0, 10);
+	virtq_unpop(&fx.vq, 2);
+	assert_int_equal(fx.vq.last_avail, 0xffff);
+	assert_true(virtq_has_work(&fx.vq));
+	assert_int_equal(virtq_pop(&fx.vq, &ch), VIRTQ_OK);
+	assert_int_equal(ch.head, 1);
+	assert_int_equal(virtq_pop(&fx.vq, &ch), VIRTQ_OK);
+	assert_int_equal(ch.head, 2);
+	assert_int_equal(virtq_pop(&fx.vq, &ch), VIRTQ_EMPTY);
+	assert_int_equal(used_idx(), 0xffff);
+}
+
 /* virtio-blk shape: header (readable), data (writable), status (writable),
  * in scrambled table order. */
 static void test_blk_chain(void **state)
@@ -1361,6 +1387,7 @@ int main(void)
 		T(test_empty),
 		T(test_single),
 		T(test_blk_chain),
+		T(test_unpop),
 		T(test_only_writable),
 		T(test_several_in_order),
 		T(test_zero_length_skipped),
