@@ -19,7 +19,7 @@ TESTS     := $(TEST_SRCS:tests/unit/%.c=$(O)/tests/%)
 SAN_TESTS := $(TEST_SRCS:tests/unit/%.c=$(O)/tests-san/%)
 
 .PHONY: all kestrel guests unit-tests test test-unit test-guests test-qemu test-linux test-long bench bench-virtio bench-img clean
-all: kestrel guests unit-tests
+all: kestrel guests unit-tests $(O)/netpeer
 
 kestrel: $(O)/kestrel
 
@@ -61,6 +61,12 @@ $(O)/tests-san/%: tests/unit/%.c $(O)/libkestrel-san.a
 	@$(CC) $(CFLAGS) $(SAN_FLAGS) -Itests/unit -o $@ $< $(O)/libkestrel-san.a -lcmocka $(LDLIBS)
 
 unit-tests: $(TESTS) $(SAN_TESTS) $(O)/kestrel-san
+
+# The host end of the networking tests and benchmarks (tests/net/).
+$(O)/netpeer: tests/net/netpeer.c tests/net/netproto.h
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	@$(CC) $(CFLAGS) -o $@ $<
 
 guests:
 	$(MAKE) -C tests/guests OUT=$(abspath $(O))/guests

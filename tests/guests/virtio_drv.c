@@ -166,6 +166,12 @@ void pci_cfg_write16(uint8_t bus, uint8_t dev, uint8_t fn, uint8_t off, uint16_t
 	outw(0xcfc + (off & 2), v);
 }
 
+uint8_t pci_cfg_read8(uint8_t bus, uint8_t dev, uint8_t fn, uint8_t off)
+{
+	outl(0xcf8, cfg_addr(bus, dev, fn, off));
+	return inb(0xcfc + (off & 3));
+}
+
 #define PCI_COMMAND        0x04
 #define PCI_CMD_MEM        0x02
 #define PCI_CMD_MASTER     0x04
@@ -255,32 +261,62 @@ static uint64_t pci_find_free(uint64_t size)
 	return a;
 }
 
-/* Makes sure `bar` is a memory BAR mapped below 4 GiB; assigns it in the
- * 32-bit window if the firmware left it unassigned or put it above.
- * Returns its address or 0. */
-static uint64_t pci_bar_ensure(struct vdev *d, int bar)
+static uint64_t mem_bar(uint8_t bus, uint8_t dev, uint8_t fn, int bar, const char *who, const char *where)
 {
-	struct pci_bar b = pci_bar_probe(d->bus, d->dev, d->fn, bar);
+	struct pci_bar b = pci_bar_probe(bus, dev, fn, bar);
 	if (b.io || !b.size)
 		return 0;
 	if (b.addr && b.addr + b.size <= BAR_WINDOW_HI)
 		return b.addr;
 	uint64_t a = pci_find_free(b.size < 4096 ? 4096 : b.size);
 	if (!a) {
-		kprintf("virtio: %s BAR%d: no room below 0x%lx\n", d->where, bar, (uint64_t)BAR_WINDOW_HI);
+		kprintf("%s: %s BAR%d: no room below 0x%lx\n", who, where, bar, (uint64_t)BAR_WINDOW_HI);
 		return 0;
 	}
-	kprintf("virtio: %s BAR%d (%lu KiB) at 0x%lx is unusable here: moving it to 0x%lx\n",
-		d->where, bar, b.size >> 10, b.addr, a);
+	kprintf("%s: %s BAR%d (%lu KiB) at 0x%lx is unusable here: moving it to 0x%lx\n",
+		who, where, bar, b.size >> 10, b.addr, a);
 	uint8_t off = (uint8_t)(0x10 + 4 * bar);
-	uint16_t cmd = pci_cfg_read16(d->bus, d->dev, d->fn, PCI_COMMAND);
-	pci_cfg_write16(d->bus, d->dev, d->fn, PCI_COMMAND, cmd & ~PCI_CMD_MEM);
-	uint32_t lo = pci_cfg_read32(d->bus, d->dev, d->fn, off);
-	pci_cfg_write32(d->bus, d->dev, d->fn, off, (uint32_t)a | (lo & 0xf));
+	uint16_t cmd = pci_cfg_read16(bus, dev, fn, PCI_COMMAND);
+	pci_cfg_write16(bus, dev, fn, PCI_COMMAND, cmd & ~PCI_CMD_MEM);
+	uint32_t lo = pci_cfg_read32(bus, dev, fn, off);
+	pci_cfg_write32(bus, dev, fn, off, (uint32_t)a | (lo & 0xf));
 	if (b.is64)
-		pci_cfg_write32(d->bus, d->dev, d->fn, off + 4, 0);
-	pci_cfg_write16(d->bus, d->dev, d->fn, PCI_COMMAND, cmd);
+		pci_cfg_write32(bus, dev, fn, off + 4, 0);
+	pci_cfg_write16(bus, dev, fn, PCI_COMMAND, cmd);
 	return a;
+}
+
+/* Makes sure `bar` is a memory BAR mapped below 4 GiB; assigns it in the
+ * 32-bit window if the firmware left it unassigned or put it above.
+ * Returns its address or 0. */
+static uint64_t pci_bar_ensure(struct vdev *d, int bar)
+{
+	return mem_bar(d->bus, d->dev, d->fn, bar, "virtio", d->where);
+}
+
+uint64_t pci_mem_bar(uint8_t bus, uint8_t dev, uint8_t fn, int bar, const char *where)
+{
+	return mem_bar(bus, dev, fn, bar, "pci", where);
+}
+
+bool pci_find_id(uint16_t vendor, uint16_t device, int nth, uint8_t *dev, uint8_t *fn)
+{
+	for (uint8_t dv = 0; dv < 32; dv++) {
+		uint32_t id0 = pci_cfg_read32(0, dv, 0, 0);
+		if ((id0 & 0xffff) == 0xffff)
+			continue;
+		/* Header type bit 7: a multi-function device. */
+		uint8_t nfn = (pci_cfg_read32(0, dv, 0, 0x0c) >> 16) & 0x80 ? 8 : 1;
+		for (uint8_t f = 0; f < nfn; f++) {
+			uint32_t id = f ? pci_cfg_read32(0, dv, f, 0) : id0;
+			if ((id & 0xffff) != vendor || (id >> 16) != device || nth-- > 0)
+				continue;
+			*dev = dv;
+			*fn = f;
+			return true;
+		}
+	}
+	return false;
 }
 
 static bool pci_setup(struct vdev *d)
@@ -852,6 +888,30 @@ bool vq_get(struct vq *q, uint16_t *head, uint32_t *len)
 	if (len)
 		*len = l;
 	return true;
+}
+
+void vdev_msix_entry(struct vdev *d, uint16_t entry, uint8_t vector, uint32_t apic)
+{
+	uint64_t e = d->msix_table + 16ull * entry;
+	mmio_write32(e + 0, 0xfee00000u | apic << 12);
+	mmio_write32(e + 4, 0);
+	mmio_write32(e + 8, vector);
+	mmio_write32(e + 12, 0);
+}
+
+void vdev_msix_enable(struct vdev *d, bool on)
+{
+	uint8_t off = (uint8_t)(d->msix_cap + 2);
+	uint16_t ctl = pci_cfg_read16(d->bus, d->dev, d->fn, off);
+	ctl = on ? (uint16_t)((ctl | 0x8000) & ~0x4000) : (uint16_t)(ctl & ~0x8000);
+	pci_cfg_write16(d->bus, d->dev, d->fn, off, ctl);
+}
+
+uint16_t vq_set_msix(struct vdev *d, uint16_t index, uint16_t entry)
+{
+	mmio_write16(d->common + CC_QSEL, index);
+	mmio_write16(d->common + CC_QMSIX, entry);
+	return mmio_read16(d->common + CC_QMSIX);
 }
 
 bool vq_no_status_poll;

@@ -27,6 +27,7 @@
 #define VIRTIO_F_VERSION_1        32
 #define VBIT(b)                   (1ull << (b))
 
+#define VIRTIO_ID_NET             1
 #define VIRTIO_ID_BLOCK           2
 
 #define VRING_DESC_F_NEXT         1
@@ -69,6 +70,29 @@
 #define VBLK_CFG_MAX_WZ_SECT      0x30
 #define VBLK_CFG_MAX_WZ_SEG       0x34
 
+/* virtio-net */
+#define VIRTIO_NET_F_CSUM         0
+#define VIRTIO_NET_F_GUEST_CSUM   1
+#define VIRTIO_NET_F_MTU          3
+#define VIRTIO_NET_F_MAC          5
+#define VIRTIO_NET_F_GUEST_TSO4   7
+#define VIRTIO_NET_F_HOST_TSO4    11
+#define VIRTIO_NET_F_MRG_RXBUF    15
+#define VIRTIO_NET_F_STATUS       16
+#define VIRTIO_NET_F_CTRL_VQ      17
+#define VIRTIO_NET_F_MQ           22
+#define VIRTIO_NET_S_LINK_UP      1
+
+/* Device config offsets (struct virtio_net_config) */
+#define VNET_CFG_MAC              0x00   /* 6 bytes */
+#define VNET_CFG_STATUS           0x06   /* u16, with VIRTIO_NET_F_STATUS */
+#define VNET_CFG_MAX_VQ_PAIRS     0x08   /* u16, with VIRTIO_NET_F_MQ */
+#define VNET_CFG_MTU              0x0a   /* u16, with VIRTIO_NET_F_MTU */
+
+/* Queue pair 0: receiveq1 is queue 0, transmitq1 queue 1. */
+#define VNET_RXQ                  0
+#define VNET_TXQ                  1
+
 /* ---- split ring layout ---- */
 struct vring_desc {
 	uint64_t addr;
@@ -90,6 +114,20 @@ struct vring_used {
 	uint16_t idx;
 	struct vring_used_elem ring[];
 };
+
+/* With VERSION_1 the header always has num_buffers: 12 bytes. */
+struct virtio_net_hdr_v1 {
+	uint8_t flags;
+	uint8_t gso_type;
+	uint16_t hdr_len;
+	uint16_t gso_size;
+	uint16_t csum_start;
+	uint16_t csum_offset;
+	uint16_t num_buffers;
+};
+#define VIRTIO_NET_HDR_F_NEEDS_CSUM 1
+#define VIRTIO_NET_HDR_F_DATA_VALID 2
+#define VIRTIO_NET_HDR_GSO_NONE     0
 
 struct virtio_blk_req_hdr {
 	uint32_t type;
@@ -166,11 +204,28 @@ void vdev_pci_mem_enable(struct vdev *d, bool on);
 uint64_t pci_free_window(uint64_t size);
 uint64_t pci_bar_size(uint8_t bus, uint8_t dev, uint8_t fn, int bar);
 
+/* MSI-X (PCI): table entry `entry` sends `vector` to `apic` (unmasked);
+ * enable/disable the function (MSI-X enable on, function mask off). */
+void vdev_msix_entry(struct vdev *d, uint16_t entry, uint8_t vector, uint32_t apic);
+void vdev_msix_enable(struct vdev *d, bool on);
+/* Queue `index` signals MSI-X table entry `entry` (0xffff = none);
+ * returns what the device reads back. */
+uint16_t vq_set_msix(struct vdev *d, uint16_t index, uint16_t entry);
+
 /* ---- PCI config space (0xCF8/0xCFC) ---- */
 uint32_t pci_cfg_read32(uint8_t bus, uint8_t dev, uint8_t fn, uint8_t off);
 void pci_cfg_write32(uint8_t bus, uint8_t dev, uint8_t fn, uint8_t off, uint32_t v);
 uint16_t pci_cfg_read16(uint8_t bus, uint8_t dev, uint8_t fn, uint8_t off);
 void pci_cfg_write16(uint8_t bus, uint8_t dev, uint8_t fn, uint8_t off, uint16_t v);
+uint8_t pci_cfg_read8(uint8_t bus, uint8_t dev, uint8_t fn, uint8_t off);
+/* Any PCI function: the `nth` (0-based) function on bus 0 with this
+ * vendor:device ID. */
+bool pci_find_id(uint16_t vendor, uint16_t device, int nth, uint8_t *dev, uint8_t *fn);
+/* Makes sure memory BAR `bar` is assigned below 4 GiB (moving it into the
+ * 32-bit window if the firmware left it unassigned or put it above), and
+ * returns its address, 0 for an I/O or absent BAR. `where` names the
+ * device in messages. */
+uint64_t pci_mem_bar(uint8_t bus, uint8_t dev, uint8_t fn, int bar, const char *where);
 
 /* ---- virtqueues ---- */
 struct vq {
