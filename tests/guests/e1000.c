@@ -10,7 +10,8 @@
  * SECRC, 2048-byte buffers), IMS = TXDW|RXT0.
  * Send: legacy descriptors (IFCS, RS|EOP on the last), TDT once per batch,
  * completion by polling DD in memory. Receive: polling DD in memory, RDT
- * once per batch.
+ * once per batch followed by a STATUS read that flushes it (QEMU coalesces
+ * RDT writes until the next exit).
  *
  * cmdline (besides netlib.h's mode=, count=, size=, peer=, ...):
  *   txd=N rxd=N   ring sizes (multiples of 8, 8..1024; default 256)
@@ -239,12 +240,24 @@ static void e_rx_kick(void *p)
 	__atomic_thread_fence(__ATOMIC_RELEASE);
 	/* The device owns RDH..RDT-1: everything but the last one we used. */
 	wr(E_RDT, (e.rx_next + e.nrx - 1) % e.nrx);
+	/* Flush the posted write, as real drivers do with a read: QEMU's
+	 * e1000 takes RDT as coalesced MMIO, which it only sees at the
+	 * vCPU's next exit, and a polling guest may not exit at all. */
+	rd(E_STATUS);
 }
 
 static uint64_t e_traps(void *p)
 {
 	(void)p;
 	return e.traps;
+}
+
+static void e_diag(void *p)
+{
+	(void)p;
+	kprintf(NAME ": state: STATUS 0x%x ICR 0x%x RCTL 0x%x RDH %u RDT %u (next %u) TCTL 0x%x TDH %u TDT %u "
+		"(clean %u, %u in flight)\n", rd(E_STATUS), rd(E_ICR), rd(E_RCTL), rd(E_RDH), rd(E_RDT), e.rx_next,
+		rd(E_TCTL), rd(E_TDH), rd(E_TDT), e.tx_clean, e.tx_used);
 }
 
 static const struct nic_ops e_ops = {
@@ -257,6 +270,7 @@ static const struct nic_ops e_ops = {
 	.rx_put = e_rx_put,
 	.rx_kick = e_rx_kick,
 	.traps = e_traps,
+	.diag = e_diag,
 };
 
 /* ---- set-up ---- */

@@ -67,6 +67,12 @@ static bool mac_eq(const uint8_t *a, const uint8_t *b)
 	return !memcmp(a, b, 6);
 }
 
+static void diag(struct nic *n)
+{
+	if (n->ops->diag)
+		n->ops->diag(n->drv);
+}
+
 static uint64_t us_since(uint64_t t0, uint64_t t1)
 {
 	return (t1 - t0) * 1000 / tsc_khz();
@@ -239,6 +245,7 @@ static int run_echo(struct nic *n)
 			return 1;
 		if (!k && rdtsc() - last > 5000 * khz) {
 			kprintf("%s: FAIL: echo: nothing for 5 s; sent %lu, echoed %lu of %lu\n", nm, sent, got, count);
+			diag(n);
 			break;
 		}
 		if (!k)
@@ -294,6 +301,7 @@ static int run_tx(struct nic *n)
 			last = now;
 		else if (now - last > 10000 * khz) {
 			kprintf("%s: FAIL: tx: stuck for 10 s: %lu queued, %lu done of %lu\n", nm, sent, done, count);
+			diag(n);
 			return 1;
 		}
 	}
@@ -373,10 +381,16 @@ static int run_rx(struct nic *n)
 		uint64_t now = rdtsc();
 		if (!frames && now - start > wait_s * 1000 * khz) {
 			kprintf("%s: FAIL: rx: no frame in %lu s (%lu others ignored)\n", nm, wait_s, ignored);
+			diag(n);
 			return 1;
 		}
-		if (frames && now - tlast > idle_ms * khz)
+		if (frames && now - tlast > idle_ms * khz) {
+			if (frames < count) {
+				kprintf("%s: rx: idle for %lu ms after %lu of %lu frames\n", nm, idle_ms, frames, count);
+				diag(n);
+			}
 			break;
+		}
 		cpu_relax();
 	}
 	uint64_t us = us_since(t0, tlast), traps = o->traps(n->drv) - traps0;

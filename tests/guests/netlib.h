@@ -47,6 +47,8 @@ struct nic_ops {
 	void (*rx_kick)(void *nic);
 	/* Register accesses and doorbells the driver did so far. */
 	uint64_t (*traps)(void *nic);
+	/* Optional: prints the device and ring state (after a stall). */
+	void (*diag)(void *nic);
 };
 
 struct nic {

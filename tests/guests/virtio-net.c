@@ -185,6 +185,15 @@ static uint64_t vn_traps(void *p)
 	return v->rx.kicks + v->tx.kicks + v->extra_traps;
 }
 
+static void vn_diag(void *p)
+{
+	struct vnet *v = p;
+	kprintf(NAME ": state: status 0x%x; rx avail %u used %u (consumed %u, %u free); tx avail %u used %u "
+		"(consumed %u, %u free); kicks rx %lu tx %lu\n", vdev_status(&v->d), v->rx.avail_idx, v->rx.used->idx,
+		v->rx.last_used, v->rx.num_free, v->tx.avail_idx, v->tx.used->idx, v->tx.last_used, v->tx.num_free,
+		v->rx.kicks, v->tx.kicks);
+}
+
 static const struct nic_ops vn_ops = {
 	.name = NAME,
 	.tx_slot = vn_tx_slot,
@@ -195,6 +204,7 @@ static const struct nic_ops vn_ops = {
 	.rx_put = vn_rx_put,
 	.rx_kick = vn_rx_kick,
 	.traps = vn_traps,
+	.diag = vn_diag,
 };
 
 /* ---- interrupts (cmdline irq) ---- */

@@ -23,7 +23,9 @@
  * and one result line with key=value fields:
  *   netpeer: echo: frames=N
  *   netpeer: sink: frames=N bytes=B us=U pps=P MBps=X drops=D
- *   netpeer: blast: frames=N size=S us=U pps=P MBps=X errors=E
+ *   netpeer: blast: frames=N size=S us=U pps=P MBps=X retries=R errors=E
+ * (retries: sends refused because the tap's queue was full; the same frame
+ * is sent again, so the receiver sees no gap in the sequence numbers).
  * Exit status 0, 1 on a runtime error, 2 for bad arguments.
  */
 #include <arpa/inet.h>
@@ -31,7 +33,6 @@
 #include <linux/if_packet.h>
 #include <net/ethernet.h>
 #include <net/if.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -290,7 +291,7 @@ static int do_blast(struct peer *p, uint64_t count, uint64_t size, const uint8_t
 		msgs[i] = (struct mmsghdr){ .msg_hdr = { .msg_iov = &iov[i], .msg_iovlen = 1 } };
 	}
 	print_ready("blast", p);
-	uint64_t sent = 0, errors = 0, t0 = now_ns(), end = seconds ? t0 + seconds * 1000000000ull : 0;
+	uint64_t sent = 0, errors = 0, retries = 0, t0 = now_ns(), end = seconds ? t0 + seconds * 1000000000ull : 0;
 	int last_err = 0;
 	while (!stop && (!count || sent < count)) {
 		unsigned n = batch;
@@ -314,16 +315,20 @@ static int do_blast(struct peer *p, uint64_t count, uint64_t size, const uint8_t
 			if (errno == EINTR)
 				continue;
 			if (errno == ENOBUFS || errno == EAGAIN) {
-				errors++;
-				sched_yield();
+				/* The tap's queue is full (the VMM is behind): the
+				 * frame was not sent; retry it in a moment. */
+				retries++;
+				struct timespec ts = { 0, 20000 };
+				nanosleep(&ts, NULL);
 				continue;
+			}
+			if (errno == ENETDOWN || errno == ENXIO || errno == ENODEV) {
+				printf("netpeer: blast: %s went away (%s)\n", p->ifname, strerror(errno));
+				break;
 			}
 			if (errno != last_err)
 				fprintf(stderr, "netpeer: blast: sendmmsg: %s\n", strerror(errno));
 			last_err = errno;
-			if (errno == ENETDOWN || errno == ENXIO || errno == ENODEV) {
-				return 1;
-			}
 			errors++;
 			continue;
 		}
@@ -331,8 +336,8 @@ static int do_blast(struct peer *p, uint64_t count, uint64_t size, const uint8_t
 	}
 	char rate[128];
 	rate_line(rate, sizeof(rate), sent, sent * size, now_ns() - t0);
-	printf("netpeer: blast: frames=%llu size=%llu %s errors=%llu\n", (unsigned long long)sent,
-	       (unsigned long long)size, rate, (unsigned long long)errors);
+	printf("netpeer: blast: frames=%llu size=%llu %s retries=%llu errors=%llu\n", (unsigned long long)sent,
+	       (unsigned long long)size, rate, (unsigned long long)retries, (unsigned long long)errors);
 	return 0;
 }
 
