@@ -132,20 +132,32 @@ void net_default_mac(const char *vm_name, unsigned index, uint8_t mac[6])
 	mac[5] = (uint8_t)h;
 }
 
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
 int net_parse_mac(const char *s, uint8_t mac[6])
 {
-	unsigned v[6];
-	char tail;
+	/* Exactly "xx:xx:xx:xx:xx:xx" (sscanf's %x would also take spaces,
+	 * signs and "0x"). */
+	uint8_t m[6];
 	if (!s || strlen(s) != 17)
 		return -1;
-	if (sscanf(s, "%2x:%2x:%2x:%2x:%2x:%2x%c", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &tail) != 6)
-		return -1;
 	for (int i = 0; i < 6; i++) {
-		if (s[i * 3] == ' ' || s[i * 3] == '+' || s[i * 3] == '-')
+		int hi = hex_digit(s[i * 3]), lo = hex_digit(s[i * 3 + 1]);
+		if (hi < 0 || lo < 0 || (i < 5 && s[i * 3 + 2] != ':'))
 			return -1;
-		mac[i] = (uint8_t)v[i];
+		m[i] = (uint8_t)(hi << 4 | lo);
 	}
-	if (mac[0] & 1)
+	if (m[0] & 1)
 		return -1;   /* multicast: no NIC may own it */
+	memcpy(mac, m, 6);
 	return 0;
 }
