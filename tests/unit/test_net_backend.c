@@ -409,6 +409,7 @@ struct fx {
 	struct net_backend *be;
 	struct waiter *w;
 	bool netns;
+	int netns_errno;   /* why not */
 };
 
 static int fx_setup(void **state)
@@ -416,6 +417,7 @@ static int fx_setup(void **state)
 	struct fx *f = calloc(1, sizeof(*f));
 	f->loop = loop_create();
 	f->netns = fresh_netns();
+	f->netns_errno = errno;
 	*state = f;
 	return 0;
 }
@@ -434,9 +436,15 @@ static void need_netns(struct fx *f)
 {
 	if (!f->netns) {
 		print_message("skipped: cannot create a network namespace (unshare(CLONE_NEWNET): %s)\n",
-			      strerror(errno));
+			      strerror(f->netns_errno));
 		skip();
 	}
+	int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		print_message("skipped: cannot open /dev/net/tun: %s\n", strerror(errno));
+		skip();
+	}
+	close(fd);
 }
 
 static bool if_up(const char *name)
