@@ -475,8 +475,8 @@ static enum run_opts_result parse_net(const char *arg, struct vm_config *cfg, ch
 			char *slash = strchr(v, '/');
 			char *end = NULL;
 			long prefix = slash ? strtol(slash + 1, &end, 10) : -1;
-			if (!slash || (size_t)(slash - v) >= sizeof(a) || !slash[1] || *end || prefix < 8 || prefix > 28)
-				return fail(err, errlen, "--net user: net='%s' (accepted: ADDR/PREFIX, prefix 8 to 28, "
+			if (!slash || (size_t)(slash - v) >= sizeof(a) || !slash[1] || *end || prefix < 8 || prefix > 27)
+				return fail(err, errlen, "--net user: net='%s' (accepted: ADDR/PREFIX, prefix 8 to 27, "
 						      "e.g. 10.0.2.0/24)", v);
 			memcpy(a, v, (size_t)(slash - v));
 			a[slash - v] = 0;

@@ -230,7 +230,7 @@ static void test_net(void **state)
 		{ "tap,ifname=a,model=e1000,queues=2", "--net tap: model=e1000 has one queue (queues=2)" },
 		{ "tap,ifname=abcdefghijklmnop", "--net tap: ifname='abcdefghijklmnop' (accepted: 1 to 15 characters, no '/' or spaces)" },
 		{ "user,queues=2", "--net user: unknown key 'queues' (accepted: net, hostfwd, model, mac, transport, bw, pps)" },
-		{ "user,net=10.0.2.0", "--net user: net='10.0.2.0' (accepted: ADDR/PREFIX, prefix 8 to 28, e.g. 10.0.2.0/24)" },
+		{ "user,net=10.0.2.0", "--net user: net='10.0.2.0' (accepted: ADDR/PREFIX, prefix 8 to 27, e.g. 10.0.2.0/24)" },
 		{ "user,net=10.0.300.0/24", "--net user: net='10.0.300.0/24': '10.0.300.0' is not an IPv4 address" },
 		{ "user,hostfwd=tcp::99999-:22", "--net user: hostfwd='tcp::99999-:22' (accepted: [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT, e.g. tcp::2222-:22)" },
 		{ "user,hostfwd=sctp::1-:2", "--net user: hostfwd='sctp::1-:2' (accepted: [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT, e.g. tcp::2222-:22)" },
