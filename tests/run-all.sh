@@ -37,6 +37,7 @@ tier "tier 1: qcow2 crash consistency (SIGKILL writers)" tests/qcow2/test-crash.
 tier "tier 2: process lifecycle and consoles (ASan+UBSan VMM)" env KESTREL=build/kestrel-san tests/cli/test-lifecycle.py
 tier "tier 2: micro-guests on Kestrel" tests/guests/run-kestrel.sh
 tier "tier 2: virtio-blk durability (SIGKILL after FLUSH)" tests/virtio/test-durability.sh
+tier "tier 2: networking micro-guests (virtio-net, e1000; tap in a netns)" tests/net/test-net-guests.sh
 if [ "${KESTREL_SKIP_LINUX:-0}" = 1 ]; then
 	echo "=== tier 3: skipped (KESTREL_SKIP_LINUX=1)"
 else
