@@ -18,7 +18,7 @@ TEST_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 TESTS     := $(TEST_SRCS:tests/unit/%.c=$(O)/tests/%)
 SAN_TESTS := $(TEST_SRCS:tests/unit/%.c=$(O)/tests-san/%)
 
-.PHONY: all kestrel guests unit-tests test test-unit test-guests test-qemu test-linux test-long bench bench-virtio bench-img clean
+.PHONY: all kestrel guests unit-tests test test-unit test-guests test-qemu test-linux test-long bench bench-virtio bench-img bench-net test-net clean
 all: kestrel guests unit-tests $(O)/netpeer
 
 kestrel: $(O)/kestrel
@@ -84,6 +84,9 @@ test-guests: kestrel guests
 test-qemu: guests
 	tests/guests/run-qemu.sh
 
+test-net: kestrel guests $(O)/netpeer
+	tests/net/test-net-guests.sh
+
 test-linux: kestrel
 	tests/linux/test-linux.sh
 
@@ -100,6 +103,9 @@ bench-virtio: kestrel guests
 
 bench-img: kestrel
 	bench/bench-img.sh
+
+bench-net: kestrel guests $(O)/netpeer
+	bench/bench-net.sh
 
 clean:
 	rm -rf $(O)

@@ -266,10 +266,14 @@ static int run_tx(struct nic *n)
 {
 	const struct nic_ops *o = n->ops;
 	const char *nm = o->name;
-	uint64_t count = 100000, size = NETP_MAX, batch = 32;
+	uint64_t count = 100000, size = NETP_MAX, batch = 32, seconds = 0, wait_s = 60;
+	cmdline_u64("seconds", &seconds);
+	if (seconds)
+		count = ~0ull;
 	cmdline_u64("count", &count);
 	cmdline_u64("size", &size);
 	cmdline_u64("batch", &batch);
+	cmdline_u64("wait_s", &wait_s);
 	if (size < NETP_MIN || size > NETP_MAX) {
 		kprintf("%s: FAIL: size=%lu out of range (%u..%u)\n", nm, size, NETP_MIN, NETP_MAX);
 		return 1;
@@ -279,15 +283,39 @@ static int run_tx(struct nic *n)
 	uint8_t dst[6];
 	dst_mac(dst);
 	uint64_t khz = tsc_khz();
+	if (cmdline_has("go")) {
+		/* The sink is listening once its 'G' frame comes in. */
+		uint64_t end = tsc_deadline_us(wait_s * 1000000);
+		bool go = false;
+		while (!go) {
+			const uint8_t *f;
+			int r = o->rx_get(n->drv, &f);
+			if (r < 0)
+				return 1;
+			if (r > 0) {
+				go = netp_is_ours(f, (uint32_t)r) && f[NETP_OFF_KIND] == NETP_GO;
+				o->rx_put(n->drv);
+				o->rx_kick(n->drv);
+			} else if ((int64_t)(rdtsc() - end) > 0) {
+				kprintf("%s: FAIL: tx: no go frame from the sink in %lu s\n", nm, wait_s);
+				return 1;
+			} else {
+				cpu_relax();
+			}
+		}
+		kprintf("%s: tx: go\n", nm);
+	}
 	uint64_t sent = 0, done = 0, traps0 = o->traps(n->drv);
-	uint64_t t0 = rdtsc(), last = t0;
-	while (done < count) {
+	uint64_t t0 = rdtsc(), last = t0, stop_at = seconds ? t0 + seconds * 1000 * khz : 0;
+	while (done < sent || sent < count) {
 		int r = o->tx_reap(n->drv);
 		if (r < 0)
 			return 1;
 		done += (uint64_t)r;
 		uint64_t q = 0;
 		uint8_t *f;
+		if (stop_at && (int64_t)(rdtsc() - stop_at) > 0)
+			count = sent;   /* time is up: let what is in flight finish */
 		while (sent < count && q < batch && (f = o->tx_slot(n->drv, 0))) {
 			netp_header(f, dst, n->mac, NETP_TX, (uint32_t)sent, (uint32_t)size);
 			o->tx_queue(n->drv, (uint32_t)size, 0);
@@ -320,7 +348,10 @@ static int run_rx(struct nic *n)
 {
 	const struct nic_ops *o = n->ops;
 	const char *nm = o->name;
-	uint64_t count = 100000, batch = 32, wait_s = 60, idle_ms = 2000;
+	uint64_t count = 100000, batch = 32, wait_s = 60, idle_ms = 2000, seconds = 0;
+	cmdline_u64("seconds", &seconds);
+	if (seconds)
+		count = ~0ull;
 	cmdline_u64("count", &count);
 	cmdline_u64("batch", &batch);
 	cmdline_u64("wait_s", &wait_s);
@@ -379,13 +410,15 @@ static int run_rx(struct nic *n)
 		if (frames >= count)
 			break;
 		uint64_t now = rdtsc();
+		if (frames && seconds && now - t0 > seconds * 1000 * khz)
+			break;
 		if (!frames && now - start > wait_s * 1000 * khz) {
 			kprintf("%s: FAIL: rx: no frame in %lu s (%lu others ignored)\n", nm, wait_s, ignored);
 			diag(n);
 			return 1;
 		}
 		if (frames && now - tlast > idle_ms * khz) {
-			if (frames < count) {
+			if (frames < count && count != ~0ull) {
 				kprintf("%s: rx: idle for %lu ms after %lu of %lu frames\n", nm, idle_ms, frames, count);
 				diag(n);
 			}

@@ -15,9 +15,14 @@
  *   wait_s=N           echo: how long to probe for the peer; rx: how long
  *                      to wait for the first frame (default 60)
  *   idle_ms=N          rx: stop after this long without a frame (default 2000)
+ *   seconds=N          tx, rx: stop after N seconds (tx: from the first frame
+ *                      sent, rx: from the first received); count is then
+ *                      unlimited unless given
+ *   go                 tx: wait for a 'G' frame (netpeer sink --go) first
  * Output lines (stable, for regexes):
  *   NAME: echo OK/N frames ok (MIN..MAX bytes)
  *   NAME: tx: frames=N size=S us=U pps=P MBps=X.XX traps=T traps_per_pkt=X.XXXX
+ *   NAME: tx: go
  *   NAME: rx: ready
  *   NAME: rx: frames=N size=S us=U pps=P MBps=X.XX traps=T traps_per_pkt=X.XXXX lost=L bad=B
  */

@@ -9,9 +9,12 @@
  *       sends every frame back with the MACs swapped (a group destination
  *       becomes the interface's own MAC as the new source); stops after N
  *       frames (default: never) or on SIGINT/SIGTERM.
- *   netpeer sink IFNAME [--count N] [--seconds T]
+ *   netpeer sink IFNAME [--count N] [--seconds T] [--go [--dst MAC]]
  *       counts frames and bytes; prints the totals after N frames, T
  *       seconds, or on SIGINT/SIGTERM (after draining what is queued).
+ *       --go: sends a 'G' frame (to MAC, default broadcast) every 200 ms
+ *       until the first frame comes in, so that a guest waiting for it
+ *       (netlib's mode=tx go) starts only once the sink listens.
  *   netpeer blast IFNAME [--count N] [--size S] [--dst MAC] [--pps R]
  *                        [--batch B] [--seconds T]
  *       sends N frames (default 100000; 0 = until stopped) of S bytes
@@ -59,7 +62,7 @@ static void on_signal(int sig)
 static void usage(void)
 {
 	fprintf(stderr, "usage: netpeer echo IFNAME [--count N]\n"
-			"       netpeer sink IFNAME [--count N] [--seconds T]\n"
+			"       netpeer sink IFNAME [--count N] [--seconds T] [--go [--dst MAC]]\n"
 			"       netpeer blast IFNAME [--count N] [--size S] [--dst MAC] [--pps R] [--batch B] "
 			"[--seconds T]\n");
 }
@@ -230,18 +233,28 @@ static int do_echo(struct peer *p, uint64_t count)
 	return 0;
 }
 
-static int do_sink(struct peer *p, uint64_t count, uint64_t seconds)
+static void send_go(struct peer *p, const uint8_t *dst, uint32_t seq)
+{
+	uint8_t f[NETP_MIN];
+	netp_build(f, dst, p->mac, NETP_GO, seq, NETP_MIN);
+	if (send(p->fd, f, sizeof(f), 0) < 0 && errno != ENOBUFS && errno != EAGAIN)
+		fprintf(stderr, "netpeer: sink: sending the go frame: %s\n", strerror(errno));
+}
+
+static int do_sink(struct peer *p, uint64_t count, uint64_t seconds, bool go, const uint8_t *dst)
 {
 	struct mmsghdr msgs[BATCH_MAX];
 	struct iovec iov[BATCH_MAX];
 	uint64_t frames = 0, bytes = 0, t0 = 0, t1 = 0, end = seconds ? now_ns() + seconds * 1000000000ull : 0;
+	uint32_t gos = 0;
 	print_ready("sink", p);
-	if (seconds) {
-		struct timeval tv = { .tv_sec = 0, .tv_usec = 200000 };
-		setsockopt(p->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	}
+	/* Wake up now and then: for --seconds and for the go frames. */
+	struct timeval tv = { .tv_sec = 0, .tv_usec = 200000 };
+	setsockopt(p->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	for (;;) {
 		bool draining = stop || (end && now_ns() >= end);
+		if (go && !frames && !draining)
+			send_go(p, dst, gos++);
 		for (unsigned i = 0; i < BATCH_MAX; i++) {
 			iov[i] = (struct iovec){ bufs[i], sizeof(bufs[i]) };
 			msgs[i] = (struct mmsghdr){ .msg_hdr = { .msg_iov = &iov[i], .msg_iovlen = 1 } };
@@ -355,10 +368,19 @@ int main(int argc, char **argv)
 		die_args("unknown mode '%s' (echo, sink, blast)", mode);
 	uint64_t count = !strcmp(mode, "blast") ? 100000 : 0, size = NETP_MIN, pps = 0, batch = 64, seconds = 0;
 	uint8_t dst[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
+	bool go = false;
 	for (int i = 3; i < argc; i++) {
 		const char *o = argv[i];
-		bool blast_only = !strcmp(o, "--size") || !strcmp(o, "--dst") || !strcmp(o, "--pps") || !strcmp(o, "--batch");
-		bool known = blast_only || !strcmp(o, "--count") || !strcmp(o, "--seconds");
+		bool blast_only = !strcmp(o, "--size") || !strcmp(o, "--pps") || !strcmp(o, "--batch");
+		if (!strcmp(o, "--go")) {
+			if (strcmp(mode, "sink"))
+				die_args("option '%s' is for sink only", o);
+			go = true;
+			continue;
+		}
+		if (!strcmp(o, "--dst") && !strcmp(mode, "echo"))
+			die_args("option '%s' is for sink and blast only", o);
+		bool known = blast_only || !strcmp(o, "--count") || !strcmp(o, "--seconds") || !strcmp(o, "--dst");
 		if (!known)
 			die_args("unknown option '%s'", o);
 		if (blast_only && strcmp(mode, "blast"))
@@ -398,6 +420,6 @@ int main(int argc, char **argv)
 	if (!strcmp(mode, "echo"))
 		return do_echo(&p, count);
 	if (!strcmp(mode, "sink"))
-		return do_sink(&p, count, seconds);
+		return do_sink(&p, count, seconds, go, dst);
 	return do_blast(&p, count, size, dst, pps, (unsigned)batch, seconds);
 }

@@ -7,7 +7,8 @@
  *   0..5    destination MAC
  *   6..11   source MAC
  *   12..13  EtherType 0x88B5 (IEEE "local experimental 1")
- *   14      kind: 'P' probe, 'E' echo, 'T' guest TX benchmark, 'B' host blast
+ *   14      kind: 'P' probe, 'E' echo, 'T' guest TX benchmark, 'B' host blast,
+ *           'G' go (a sink tells a TX benchmark guest it is listening)
  *   15      0
  *   16..19  sequence number, big-endian
  *   20..21  frame length, big-endian
@@ -33,6 +34,7 @@
 #define NETP_ECHO  'E'
 #define NETP_TX    'T'
 #define NETP_BLAST 'B'
+#define NETP_GO    'G'
 
 static inline uint8_t netp_pattern(uint8_t kind, uint32_t seq, uint32_t off)
 {
