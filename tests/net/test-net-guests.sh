@@ -11,8 +11,8 @@
 # byte; with `irq` it also checks an RX interrupt (MSI-X, IOAPIC pin, INTx).
 # Nothing outside the namespace is touched; it is deleted on exit.
 #
-# Cases: Kestrel virtio-net over PCI, with MRG_RXBUF, over virtio-mmio, and
-# e1000; with KESTREL_NET_QEMU=1 also QEMU's virtio-net-pci and e1000 (the
+# Cases: Kestrel virtio-net over PCI, with MRG_RXBUF, over virtio-mmio, on
+# a 2-queue-pair device (queues=2; the guest uses pair 0 only), and e1000; with KESTREL_NET_QEMU=1 also QEMU's virtio-net-pci and e1000 (the
 # reference; QEMU's virtio-mmio needs -M microvm, so not that one).
 # Prints PASS/FAIL/SKIP per case, then "N passed, N failed".
 #
@@ -47,7 +47,7 @@ want_case() {
 	return 1
 }
 
-ALL_CASES="kestrel-virtio-net-pci kestrel-virtio-net-mrg kestrel-virtio-net-mmio kestrel-e1000"
+ALL_CASES="kestrel-virtio-net-pci kestrel-virtio-net-mrg kestrel-virtio-net-mmio kestrel-virtio-net-queues2 kestrel-e1000"
 QEMU_CASES="qemu-virtio-net-pci qemu-virtio-net-mrg qemu-e1000"
 
 # ---- prerequisites: missing ones make every case a SKIP -----------------
@@ -102,6 +102,7 @@ vmm_command() { # VMM NIC ELF CMDLINE
 		local net="tap,ifname=$TAP,mac=$MAC"
 		case $nic in
 		virtio-mmio) net+=",transport=mmio" ;;
+		virtio-q2) net+=",queues=2" ;;
 		e1000) net+=",model=e1000" ;;
 		esac
 		CMD=("$K" run --kernel "$elf" --memory 128M --cmdline "$cmdline" --serial stdio --no-reboot --net "$net")
@@ -220,6 +221,10 @@ for vmm in kestrel qemu; do
 			"^virtio-net: mmio, mac $MAC, link up" "^virtio-net: $ECHO_OK" \
 			'^virtio-net: irq: IOAPIC: [1-9][0-9]* interrupt\(s\) for an RX frame, 0 while suppressed$' \
 			'^virtio-net: PASS$'
+		# A driver without MQ on a 2-pair device over a multi-queue tap:
+		# pair 0 must carry whatever arrives on either tap queue.
+		run_case "$vmm-virtio-net-queues2" $vmm virtio-q2 virtio-net "$CM" \
+			"^virtio-net: $ECHO_OK" '^virtio-net: PASS$'
 	else
 		want_case qemu-virtio-net-mmio && skip qemu-virtio-net-mmio "QEMU's virtio-mmio needs -M microvm (not tested)"
 	fi
