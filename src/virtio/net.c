@@ -155,6 +155,7 @@ struct vnet {
 	const struct vhost_io *vio;
 	bool vhost_on;
 	bool vhost_given_up;         /* failed once (or cannot apply): userspace from now on */
+	bool vhost_noticed;          /* said why it is not used */
 	struct vhost_net vhost;
 	struct vhost_net_ring vrings[2 * NET_MAX_QUEUES];
 	int call_fds[2 * NET_MAX_QUEUES];
@@ -381,7 +382,9 @@ enum rx_stop { RX_IDLE, RX_NOBUF, RX_THROTTLED, RX_BUDGET, RX_BROKEN };
 static void rx_run(struct vnet *n, unsigned g)
 {
 	struct virtio_queue *q = &n->vdev.queues[2 * g];
-	if (!q->enabled || g >= n->active_pairs) {
+	if (g >= n->active_pairs)
+		return;   /* not in use: its backend queues belong to others now */
+	if (!q->enabled) {
 		for_each_mapped(n, g, b)
 			rx_set(n, b, false);
 		return;
@@ -413,15 +416,15 @@ static void rx_run(struct vnet *n, unsigned g)
 			}
 			unsigned niov = merge ? n->rx_niov : n->rx_bufs[0].niov;
 			ssize_t len = n->be->ops->recv(n->be, b, n->rx_iov, (int)niov);
-			if (len == -EMSGSIZE || (len > 0 && len < NET_HDR_LEN)) {
+			if (len == 0 || (len < 0 && len != -EMSGSIZE))
+				break;   /* nothing waiting (or an error): next backend queue */
+			frames++;
+			if (len < NET_HDR_LEN) {
 				stat_add(&n->stats.rx_dropped, 1);   /* the buffers stay for the next one */
 				continue;
 			}
-			if (len <= 0)
-				break;   /* nothing waiting (or an error): next backend queue */
 			rx_deliver(n, vq, (size_t)len);
 			pushed = true;
-			frames++;
 		}
 		if (why != RX_IDLE)
 			break;
@@ -721,13 +724,23 @@ static void vhost_stop(struct vnet *n)
 	log_info("%s: vhost-net stopped", n->name);
 }
 
-static void vhost_give_up(struct vnet *n, const char *fmt, const char *why)
+/* Why vhost-net is not used: a warning when it was asked for (vhost=on),
+ * else for -v only; once per device. */
+static void vhost_notice(struct vnet *n, const char *fmt, const char *why)
 {
-	n->vhost_given_up = true;
+	if (n->vhost_noticed)
+		return;
+	n->vhost_noticed = true;
 	if (n->vhost_mode == NET_VHOST_ON)
 		log_warn(fmt, n->name, why);
 	else
 		log_info(fmt, n->name, why);
+}
+
+static void vhost_give_up(struct vnet *n, const char *fmt, const char *why)
+{
+	n->vhost_given_up = true;
+	vhost_notice(n, fmt, why);
 }
 
 /* At DRIVER_OK, on the I/O thread: hands the data queues to vhost if it
@@ -751,7 +764,9 @@ static void vhost_try_start(struct vnet *n)
 	for (unsigned i = 0; i < 2 * n->pairs; i++) {
 		const struct virtio_queue *q = &n->vdev.queues[i];
 		if (!q->enabled) {
-			log_info("%s: the driver did not enable queue %u; vhost-net not used", n->name, i);
+			/* Its tap queue would go unread. Maybe the next driver. */
+			vhost_notice(n, "%s: vhost-net not used (%s); using the userspace backend",
+				     "the driver did not enable every queue");
 			return;
 		}
 		n->vrings[i] = (struct vhost_net_ring){
@@ -882,8 +897,12 @@ static void vnet_rx_ready(void *opaque, unsigned b)
 	}
 	pthread_mutex_lock(&n->vdev.lock);
 	vnet_enter(n);
-	if (vnet_running(n) && !n->vhost_on && b < n->be->nr_queues)
-		rx_run(n, b % n->active_pairs);
+	if (b < n->be->nr_queues) {
+		if (vnet_running(n) && !n->vhost_on)
+			rx_run(n, b % n->active_pairs);
+		else
+			rx_set(n, b, false);   /* e.g. NEEDS_RESET: a level-triggered backend would spin */
+	}
 	vnet_leave(n);
 	pthread_mutex_unlock(&n->vdev.lock);
 }

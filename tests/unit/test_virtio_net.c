@@ -774,11 +774,19 @@ static void test_tx_bad_head(void **state)
 {
 	(void)state;
 	up(0);
+	rx_post(0, 2000);
+	kick(0);
+	assert_true(F.fb.rx_on[0]);
 	avail_add(1, 4000);
 	kick(1);
 	assert_true(F.vdev->status & VIRTIO_STATUS_NEEDS_RESET);
 	assert_int_equal(F.config_notifies, 1);
 	assert_int_equal(F.fb.nsent, 0);
+	/* A frame now is not delivered, and the backend stops calling. */
+	be_inject(0, 100, 1);
+	pump();
+	assert_int_equal(used_idx(0), 0);
+	assert_false(F.fb.rx_on[0]);
 }
 
 /* A backend error drops the frame, counted, the chain still returned. */
@@ -1171,6 +1179,23 @@ static void test_mq_mapping(void **state)
 	kick(3);
 	assert_int_equal(F.fb.nsent, 1);
 	assert_int_equal(F.fb.sent[0].q, 1);
+
+	/* Back to one pair: backend queue 3 delivers to RX0 again, though
+	 * RX1 still has a buffer. */
+	rx_post(2, 2000);
+	rx_post(0, 2000);
+	kick(2);
+	kick(0);
+	pairs = 1;
+	assert_int_equal(ctrl(8, 4, 0, &pairs, 2), 0);
+	be_inject(3, 400, 63);
+	pump();
+	assert_int_equal(used_idx(2), 1);
+	assert_int_equal(used_idx(0), 3);
+	assert_int_equal(used_len(0, 2), NET_HDR_LEN + 400);
+	/* RX0 is out of buffers now: every backend queue waits. */
+	for (unsigned b = 0; b < 4; b++)
+		assert_false(F.fb.rx_on[b]);
 }
 
 /* ---- tests: rate limiting ------------------------------------------------------ */
