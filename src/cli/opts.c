@@ -333,7 +333,9 @@ static int parse_rate(const char *text, uint64_t *out)
 	case 'G': mul = 1000000000; end++; break;
 	default: return -1;
 	}
-	if (*end || v == 0 || v > UINT64_MAX / mul)
+	/* At most 10^12 per second: far beyond any NIC, and token arithmetic
+	 * stays well inside 64 bits. */
+	if (*end || v == 0 || v > 1000000000000ULL / mul)
 		return -1;
 	*out = v * mul;
 	return 0;

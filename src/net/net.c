@@ -67,9 +67,13 @@ void token_bucket_charge(struct token_bucket *tb, uint64_t n)
 	if (n > (uint64_t)INT64_MAX / 2)
 		n = (uint64_t)INT64_MAX / 2;
 	tb->tokens -= (int64_t)n;
-	/* Bound the debt so an absurd charge cannot stall a queue forever. */
-	if (tb->tokens < -(int64_t)(tb->rate * 10 + tb->burst))
-		tb->tokens = -(int64_t)(tb->rate * 10 + tb->burst);
+	/* Bound the debt (ten seconds' worth) so an absurd charge cannot stall
+	 * a queue for long; saturate rather than overflow for huge rates. */
+	uint64_t cap = tb->rate > (uint64_t)INT64_MAX / 20 ? (uint64_t)INT64_MAX / 2 : tb->rate * 10 + tb->burst;
+	if (cap > (uint64_t)INT64_MAX / 2)
+		cap = (uint64_t)INT64_MAX / 2;
+	if (tb->tokens < -(int64_t)cap)
+		tb->tokens = -(int64_t)cap;
 }
 
 uint64_t token_bucket_wait_ns(struct token_bucket *tb, uint64_t now_ns)
