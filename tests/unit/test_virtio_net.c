@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <linux/vhost.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -482,6 +483,8 @@ static void make_frame(uint8_t *f, size_t len, uint8_t seed)
 static void be_inject(unsigned q, size_t frame_len, uint8_t seed)
 {
 	struct fake_be *f = &F.fb;
+	if (f->rx_tail[q] - f->rx_head[q] >= MAX_RXQ)
+		return;   /* full, as a tap queue would be */
 	uint8_t *d = calloc(1, NET_HDR_LEN + frame_len);
 	make_frame(d + NET_HDR_LEN, frame_len, seed);
 	/* a tap leaves num_buffers alone: garbage there */
@@ -1380,6 +1383,106 @@ static void test_vhost_not_with_limits(void **state)
 	assert_int_equal(F.fb.nsent, 1);
 }
 
+/* ---- tests: seeded fuzz ----------------------------------------------------- */
+
+static uint32_t rnd_state;
+static uint32_t rnd(void)
+{
+	rnd_state = rnd_state * 1103515245u + 12345u;
+	return rnd_state >> 8;
+}
+
+/* Random chains (lengths, flags, next indices, addresses in and out of
+ * RAM, indirect tables) on every queue, random bytes in every buffer,
+ * random frames from the backend. Nothing may crash (ASan build) and the
+ * device must still work afterwards. */
+static void test_fuzz(void **state)
+{
+	(void)state;
+	unsigned fuzz_resets = 0;
+	up(B(F_MRG_RXBUF) | B(F_CTRL_VQ) | B(F_CTRL_RX) | B(F_CTRL_MAC_ADDR) | B(VIRTIO_F_INDIRECT_DESC) |
+	   B(F_CSUM) | B(F_HOST_TSO4) | B(F_GUEST_CSUM) | B(F_GUEST_TSO4) | B(VIRTIO_F_EVENT_IDX));
+	F.fb.send_ret = 1;
+	const uint64_t span = 8 * MiB;
+	for (uint64_t a = DATA_BASE; a < DATA_BASE + span; a += 4)
+		w32(a, rnd() * 2654435761u);
+	rnd_state = 12345;
+	for (unsigned it = 0; it < 4000; it++) {
+		unsigned qi = rnd() % 3;
+		struct drv_q *d = &F.q[qi];
+		if ((uint16_t)(d->avail - F.vdev->queues[qi].vq.last_avail) >= d->size - 8) {
+			kick(qi);
+			if ((uint16_t)(d->avail - F.vdev->queues[qi].vq.last_avail) >= d->size - 8)
+				continue;   /* RX without frames: full */
+		}
+		unsigned n = 1 + rnd() % 4;
+		uint16_t head = d->next_desc;
+		for (unsigned i = 0; i < n; i++) {
+			uint16_t idx = (uint16_t)((head + i) % d->size);
+			uint64_t addr = rnd() % 16 == 0 ? ((uint64_t)rnd() << 24 | rnd()) : DATA_BASE + rnd() % (span - 70000);
+			uint32_t len = rnd() % 16 == 0 ? rnd() : rnd() % 2500;
+			uint16_t flags = (uint16_t)(rnd() % 8 == 0 ? rnd() & 7 : (qi == 0 ? D_WRITE : 0));
+			if (qi == 2 && i == n - 1)
+				flags |= D_WRITE;
+			if (rnd() % 32 == 0) {
+				flags = D_IND;
+				len = 16 * (1 + rnd() % 8);
+			}
+			if (i + 1 < n)
+				flags |= D_NEXT;
+			uint16_t next = (uint16_t)(rnd() % 16 == 0 ? rnd() % 512 : (head + i + 1) % d->size);
+			desc_at(d->desc, idx, addr, len, flags, next);
+			/* Half the transmit chains start with a plausible header. */
+			if (qi == 1 && i == 0 && len >= NET_HDR_LEN && rnd() % 2 &&
+			    guest_mem_ptr(&F.vm.mem, addr, NET_HDR_LEN)) {
+				struct virtio_net_hdr_v1 h = { 0 };
+				if (rnd() % 2)
+					h = (struct virtio_net_hdr_v1){ .flags = 1, .csum_start = (uint16_t)(rnd() % 100),
+									.csum_offset = 16 };
+				memcpy(g2h(addr, NET_HDR_LEN), &h, NET_HDR_LEN);
+			}
+		}
+		d->next_desc = (uint16_t)((head + n) % d->size);
+		avail_add(qi, head);
+		if (rnd() % 4 == 0)
+			kick(qi);
+		if (rnd() % 3 == 0)
+			be_inject(0, rnd() % 2000, (uint8_t)it);
+		if (F.vdev->status & VIRTIO_STATUS_NEEDS_RESET) {
+			fuzz_resets++;
+			set_status(0);
+			pump();
+			up(B(F_MRG_RXBUF) | B(F_CTRL_VQ) | B(VIRTIO_F_INDIRECT_DESC));
+			F.fb.send_ret = 1;
+		}
+	}
+	pump();
+	fprintf(stderr, "fuzz: %u resets, %llu bad, tx %llu/%llu dropped, rx %llu/%llu dropped\n", fuzz_resets,
+		(unsigned long long)F.vdev->bad_requests, (unsigned long long)stat(&STATS->tx_packets),
+		(unsigned long long)stat(&STATS->tx_dropped), (unsigned long long)stat(&STATS->rx_packets),
+		(unsigned long long)stat(&STATS->rx_dropped));
+	/* Still alive: a clean restart carries a frame each way. */
+	set_status(0);
+	pump();
+	while (be_waiting(0))
+		free(F.fb.rx[0][F.fb.rx_head[0]++ % MAX_RXQ].data);
+	up(0);
+	F.fb.send_ret = 0;
+	F.fb.nsent = 0;
+	uint8_t frame[60];
+	make_frame(frame, sizeof(frame), 9);
+	struct virtio_net_hdr_v1 h = { 0 };
+	tx_frame(1, &h, frame, sizeof(frame), NULL, 0);
+	kick(1);
+	assert_int_equal(F.fb.nsent, 1);
+	uint64_t b = rx_post(0, 2000);
+	kick(0);
+	be_inject(0, 80, 10);
+	pump();
+	check_frame(g2h(b + NET_HDR_LEN, 80), 80, 10);
+	assert_true(F.vdev->bad_requests > 0);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 #define TO(f) cmocka_unit_test_setup_teardown(f, setup_offloads, teardown)
 #define TM(f) cmocka_unit_test_setup_teardown(f, setup_mq, teardown)
@@ -1415,6 +1518,7 @@ int main(void)
 		T(test_vhost_unavailable_falls_back),
 		T(test_vhost_start_stop),
 		T(test_vhost_not_with_limits),
+		TO(test_fuzz),
 	};
 	return cmocka_run_group_tests_name("virtio_net", tests, NULL, NULL);
 }
