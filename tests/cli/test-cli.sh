@@ -92,6 +92,35 @@ else
 	echo "FAIL no-permission: status $st: $err"; failed=$((failed + 1))
 fi
 
+# Network backends that cannot be set up: one line naming what and why, and
+# nothing left behind. The tap cases run in a private network namespace.
+expect net-bad-option 2 "^kestrel: --net tap: queues='0' \(accepted: 1 to 8\)$" -- run --kernel "$G/hello.elf" --net tap,ifname=x,queues=0
+expect net-no-bridge 2 '^kestrel: bridge "kestrel-nobr" does not exist$' -- run --kernel "$G/hello.elf" --serial off --net bridge,br=kestrel-nobr
+if ip link show kestrel-nobr >/dev/null 2>&1; then
+	echo "FAIL net-no-bridge-clean: an interface was left behind"; failed=$((failed + 1))
+fi
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -c 'import socket, sys, time; s=socket.socket(); s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(); time.sleep(30)' "$port" &
+holder=$!
+sleep 0.3
+expect net-hostfwd-busy 2 "^kestrel: net user: hostfwd tcp::$port-:22: cannot listen on host port $port: Address already in use$" -- run --kernel "$G/hello.elf" --serial off --net "user,hostfwd=tcp::$port-:22"
+kill "$holder" 2>/dev/null
+wait "$holder" 2>/dev/null
+err=$(unshare -n "$K" run --kernel "$G/hello.elf" --serial off --net tap,ifname=lo 2>&1)
+st=$?
+if [ "$st" -eq 2 ] && [ "$(wc -l <<<"$err")" -eq 1 ] && grep -q '^kestrel: tap "lo": .*not a tap' <<<"$err"; then
+	echo "PASS net-tap-not-a-tap"; passed=$((passed + 1))
+else
+	echo "FAIL net-tap-not-a-tap: status $st: $err"; failed=$((failed + 1))
+fi
+err=$(unshare -n sh -c "'$K' run --kernel '$G/hello.elf' --serial off --net tap,ifname=kt-cli0 && ! ip link show kt-cli0 2>/dev/null" 2>&1)
+st=$?
+if [ "$st" -eq 0 ] && [ -z "$err" ]; then
+	echo "PASS net-tap-created-and-removed"; passed=$((passed + 1))
+else
+	echo "FAIL net-tap-created-and-removed: status $st: $err"; failed=$((failed + 1))
+fi
+
 # Guest outcomes through the debug-exit port and ACPI.
 expect poweroff 0 '' -- run --kernel "$G/hello.elf" --serial off
 expect debug-exit-7 15 '' -- run --kernel "$G/exitcode.elf" --cmdline code=7 --serial off
