@@ -37,9 +37,12 @@ int x86_platform_create_devices(struct vm *vm)
 		return -1;
 	if (cfg->rng.enabled && vm_add_device(vm, &virtio_rng_device_ops, &cfg->rng))
 		return -1;
-	for (unsigned i = 0; i < cfg->nr_nics; i++)
+	for (unsigned i = 0; i < cfg->nr_nics; i++) {
 		if (cfg->nics[i].model == NET_MODEL_VIRTIO && vm_add_device(vm, &virtio_net_device_ops, &cfg->nics[i]))
 			return -1;
+		if (cfg->nics[i].model == NET_MODEL_E1000 && vm_add_device(vm, &e1000_device_ops, &cfg->nics[i]))
+			return -1;
+	}
 	return 0;
 }
 
