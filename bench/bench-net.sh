@@ -77,6 +77,7 @@ vmm_command() { # VMM NIC ELF CMDLINE
 	else
 		local dev=virtio-net-pci
 		[ "$2" = e1000 ] && dev=e1000
+		# shellcheck disable=SC2054  # the commas belong to -device
 		CMD=("$QEMU" -enable-kvm -display none -nodefaults -no-reboot -m 256M -kernel "$3" -append "$4"
 			-serial stdio -device isa-debug-exit,iobase=0xf4,iosize=4
 			-netdev "tap,id=n0,ifname=$TAP,script=no,downscript=no,vhost=off"
@@ -90,7 +91,7 @@ field() { sed -n "s/\(^\|.* \)$1=\([0-9.]*\).*/\2/p" <<<"$2" | head -n 1; }
 
 # One run: sets R_PPS R_MBPS R_TRAPS R_EXITS R_HOST (host-side pps) R_ERR.
 run_one() { # VMM NIC DIR SIZE
-	local vmm=$1 nic=$2 dir=$3 size=$4 guest=virtio-net i
+	local vmm=$1 nic=$2 dir=$3 size=$4 guest=virtio-net
 	[ "$nic" = e1000 ] && guest=e1000
 	local tag=$vmm-$nic-$dir-$size
 	local out=$LOGDIR/$tag.out plog=$LOGDIR/$tag.peer
@@ -99,14 +100,14 @@ run_one() { # VMM NIC DIR SIZE
 	[ "$dir" = tx ] && cmdline+=" size=$size go"
 	vmm_command "$vmm" "$nic" "$G/$guest.elf" "$cmdline"
 	echo "ip netns exec $NS ${CMD[*]}" >"$LOGDIR/$tag.cmd"
-	for i in $(seq 50); do
+	for _ in $(seq 50); do
 		ip -n "$NS" link show "$TAP" >/dev/null 2>&1 || break
 		sleep 0.1
 	done
 	: >"$out"
 	ip netns exec "$NS" timeout -k 5 $((SECS + 60)) "${CMD[@]}" </dev/null >"$out" 2>&1 &
 	VPID=$!
-	for i in $(seq 200); do
+	for _ in $(seq 200); do
 		ip -n "$NS" link show "$TAP" >/dev/null 2>&1 && break
 		kill -0 "$VPID" 2>/dev/null || break
 		sleep 0.05
@@ -117,7 +118,7 @@ run_one() { # VMM NIC DIR SIZE
 			ip netns exec "$NS" "$PEER" sink "$TAP" --go --dst "$MAC" >"$plog" 2>&1 &
 			PPID_PEER=$!
 		else
-			for i in $(seq 600); do
+			for _ in $(seq 600); do
 				grep -q "^$guest: rx: ready" "$out" 2>/dev/null && break
 				kill -0 "$VPID" 2>/dev/null || break
 				sleep 0.05

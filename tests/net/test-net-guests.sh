@@ -109,6 +109,7 @@ vmm_command() { # VMM NIC ELF CMDLINE
 	else
 		local dev=virtio-net-pci
 		[ "$nic" = e1000 ] && dev=e1000
+		# shellcheck disable=SC2054  # the commas belong to -device
 		CMD=("$QEMU" -enable-kvm -display none -nodefaults -no-reboot -m 128M -kernel "$elf" -append "$cmdline"
 			-serial stdio -device isa-debug-exit,iobase=0xf4,iosize=4
 			-netdev "tap,id=n0,ifname=$TAP,script=no,downscript=no,vhost=off"
@@ -123,14 +124,14 @@ run_case() {
 	shift 5
 	want_case "$name" || return 0
 	local out=$LOGDIR/$name.out err=$LOGDIR/$name.err plog=$LOGDIR/$name.peer
-	local why="" status t0 t1 secs re i
+	local why="" status t0 t1 secs re
 	if [ "$vmm" = kestrel ] && [ ! -x "$K" ]; then
 		echo "FAIL $name: $K not built (make)"
 		failed=$((failed + 1))
 		return
 	fi
 	# The previous VMM's tap must be gone (it vanishes with its fd).
-	for i in $(seq 50); do
+	for _ in $(seq 50); do
 		ip -n "$NS" link show "$TAP" >/dev/null 2>&1 || break
 		sleep 0.1
 	done
@@ -145,7 +146,7 @@ run_case() {
 	VPID=$!
 	# Wait for the VMM's tap, bring it up (the VMM may have done so), and
 	# start the echo peer on it. The guest probes until the peer answers.
-	for i in $(seq 200); do
+	for _ in $(seq 200); do
 		ip -n "$NS" link show "$TAP" >/dev/null 2>&1 && break
 		kill -0 "$VPID" 2>/dev/null || break
 		sleep 0.05
