@@ -6,8 +6,8 @@
 # access or doorbell they make is counted ("traps/pkt"). Each VMM runs in a
 # fresh network namespace of this script's own, on a tap, with the host end
 # being build/netpeer on that tap:
-#   TX: guest mode=tx (frames of SIZE bytes as fast as it can, batches of
-#       32 per doorbell) -> tap -> `netpeer sink --go` (which also counts;
+#   TX: guest mode=tx (frames of SIZE bytes as fast as it can, BATCH frames
+#       per doorbell) -> tap -> `netpeer sink --go` (which also counts;
 #       the guest starts when the sink's go frame arrives)
 #   RX: `netpeer blast` (sendmmsg, a frame refused by a full tap queue is
 #       sent again) -> tap -> guest mode=rx (counts from its first frame)
@@ -21,6 +21,11 @@
 #   BENCH_SECS   seconds per figure (default 5; each run adds ~1-2 s)
 #   SIZES        frame sizes (default "64 1514"), NICS (default "virtio e1000"),
 #   DIRS         (default "tx rx")
+#   BATCHES      frames per doorbell / RX-ring refill (default "32 1"): with 1,
+#                every frame costs the driver a register write, as a driver
+#                that notifies per packet does; that is where an emulated
+#                NIC (an MMIO exit to userspace) and virtio (an ioeventfd,
+#                or nothing with EVENT_IDX) part ways
 #   SKIP_QEMU=1, SKIP_KESTREL=1, KESTREL, GUESTS, NETPEER, QEMU
 #   VERBOSE=1    also print each run's guest and peer result lines
 #   LOGDIR       per-run logs (default build/bench-net)
@@ -35,6 +40,7 @@ SECS=${BENCH_SECS:-5}
 SIZES=${SIZES:-"64 1514"}
 NICS=${NICS:-"virtio e1000"}
 DIRS=${DIRS:-"tx rx"}
+BATCHES=${BATCHES:-"32 1"}
 LOGDIR=${LOGDIR:-$ROOT/build/bench-net}
 TAP=kbtap0
 MAC=52:54:00:12:34:56
@@ -90,13 +96,13 @@ vmm_command() { # VMM NIC ELF CMDLINE
 field() { sed -n "s/\(^\|.* \)$1=\([0-9.]*\).*/\2/p" <<<"$2" | head -n 1; }
 
 # One run: sets R_PPS R_MBPS R_TRAPS R_EXITS R_HOST (host-side pps) R_ERR.
-run_one() { # VMM NIC DIR SIZE
-	local vmm=$1 nic=$2 dir=$3 size=$4 guest=virtio-net
+run_one() { # VMM NIC DIR SIZE BATCH
+	local vmm=$1 nic=$2 dir=$3 size=$4 batch=$5 guest=virtio-net
 	[ "$nic" = e1000 ] && guest=e1000
-	local tag=$vmm-$nic-$dir-$size
+	local tag=$vmm-$nic-$dir-$size-b$batch
 	local out=$LOGDIR/$tag.out plog=$LOGDIR/$tag.peer
 	R_PPS="" R_MBPS="" R_TRAPS="" R_EXITS="" R_HOST="" R_ERR=""
-	local cmdline="mode=$dir seconds=$SECS"
+	local cmdline="mode=$dir seconds=$SECS batch=$batch"
 	[ "$dir" = tx ] && cmdline+=" size=$size go"
 	vmm_command "$vmm" "$nic" "$G/$guest.elf" "$cmdline"
 	echo "ip netns exec $NS ${CMD[*]}" >"$LOGDIR/$tag.cmd"
@@ -168,22 +174,24 @@ echo
 
 declare -A PPS MBPS TRAPS EXITS HOST
 ERRS=()
-printf '%-3s %5s %-6s | %9s %8s %8s %9s %9s | %9s %8s %8s %9s | %6s\n' dir size nic "K pps" "K MB/s" "K trp/pk" "K exit/pk" \
+printf '%-3s %5s %5s %-6s | %9s %8s %8s %9s %9s | %9s %8s %8s %9s | %6s\n' dir size batch nic "K pps" "K MB/s" "K trp/pk" "K exit/pk" \
 	"K host" "Q pps" "Q MB/s" "Q trp/pk" "Q host" "K/Q"
 for dir in $DIRS; do
 	for size in $SIZES; do
-		for nic in $NICS; do
-			for vmm in $VMMS; do
-				run_one "$vmm" "$nic" "$dir" "$size"
-				k="$vmm:$nic:$dir:$size"
-				PPS[$k]=$R_PPS MBPS[$k]=$R_MBPS TRAPS[$k]=$R_TRAPS EXITS[$k]=$R_EXITS HOST[$k]=$R_HOST
-				[ -n "$R_ERR" ] && ERRS+=("$R_ERR")
+		for batch in $BATCHES; do
+			for nic in $NICS; do
+				for vmm in $VMMS; do
+					run_one "$vmm" "$nic" "$dir" "$size" "$batch"
+					k="$vmm:$nic:$dir:$size:$batch"
+					PPS[$k]=$R_PPS MBPS[$k]=$R_MBPS TRAPS[$k]=$R_TRAPS EXITS[$k]=$R_EXITS HOST[$k]=$R_HOST
+					[ -n "$R_ERR" ] && ERRS+=("$R_ERR")
+				done
+				kk="kestrel:$nic:$dir:$size:$batch" qk="qemu:$nic:$dir:$size:$batch"
+				printf '%-3s %5s %5s %-6s | %9s %8s %8s %9s %9s | %9s %8s %8s %9s | %6s\n' "$dir" "$size" "$batch" "$nic" \
+					"${PPS[$kk]:--}" "${MBPS[$kk]:--}" "${TRAPS[$kk]:--}" "${EXITS[$kk]:--}" "${HOST[$kk]:--}" \
+					"${PPS[$qk]:--}" "${MBPS[$qk]:--}" "${TRAPS[$qk]:--}" "${HOST[$qk]:--}" \
+					"$(ratio "${PPS[$kk]:-}" "${PPS[$qk]:-}")"
 			done
-			kk="kestrel:$nic:$dir:$size" qk="qemu:$nic:$dir:$size"
-			printf '%-3s %5s %-6s | %9s %8s %8s %9s %9s | %9s %8s %8s %9s | %6s\n' "$dir" "$size" "$nic" \
-				"${PPS[$kk]:--}" "${MBPS[$kk]:--}" "${TRAPS[$kk]:--}" "${EXITS[$kk]:--}" "${HOST[$kk]:--}" \
-				"${PPS[$qk]:--}" "${MBPS[$qk]:--}" "${TRAPS[$qk]:--}" "${HOST[$qk]:--}" \
-				"$(ratio "${PPS[$kk]:-}" "${PPS[$qk]:-}")"
 		done
 	done
 done
@@ -191,12 +199,14 @@ done
 if [[ $NICS == *virtio* ]] && [[ $NICS == *e1000* ]]; then
 	echo
 	echo "virtio/e1000 (pps)"
-	printf '%-3s %5s | %8s %8s\n' dir size Kestrel QEMU
+	printf '%-3s %5s %5s | %8s %8s\n' dir size batch Kestrel QEMU
 	for dir in $DIRS; do
 		for size in $SIZES; do
-			printf '%-3s %5s | %8s %8s\n' "$dir" "$size" \
-				"$(ratio "${PPS[kestrel:virtio:$dir:$size]:-}" "${PPS[kestrel:e1000:$dir:$size]:-}")" \
-				"$(ratio "${PPS[qemu:virtio:$dir:$size]:-}" "${PPS[qemu:e1000:$dir:$size]:-}")"
+			for batch in $BATCHES; do
+				printf '%-3s %5s %5s | %8s %8s\n' "$dir" "$size" "$batch" \
+					"$(ratio "${PPS[kestrel:virtio:$dir:$size:$batch]:-}" "${PPS[kestrel:e1000:$dir:$size:$batch]:-}")" \
+					"$(ratio "${PPS[qemu:virtio:$dir:$size:$batch]:-}" "${PPS[qemu:e1000:$dir:$size:$batch]:-}")"
+			done
 		done
 	done
 fi
