@@ -44,6 +44,7 @@ else
 	tier "tier 3: Linux guest kernel on Kestrel" tests/linux/test-linux.sh
 	tier "tier 3: Linux on virtio (root on vda, hvc0, rng, mmio, ro, snapshot)" tests/linux/test-linux-virtio.sh
 	tier "tier 3: Linux root on a qcow2 overlay over a raw base" tests/linux/test-linux-qcow2.sh
+	tier "tier 3: Linux networking (DHCP via user-mode and a bridge, netconsole, e1000)" tests/linux/test-linux-net.sh
 fi
 echo "$total_p passed, $total_f failed"
 [ "$total_f" -eq 0 ]
