@@ -2,6 +2,7 @@
  * validation, O_DIRECT bounce buffers and completion accounting. The work
  * itself is done by the node stack (format driver, optional snapshot
  * overlay) over the file engine; see block_int.h. */
+#include "core/iov.h"
 #include "block/block_int.h"
 #include "block/qcow2.h"
 
@@ -283,7 +284,7 @@ static void front_done(struct blk_req *req, int result)
 		req->iov = bb->orig_iov;
 		req->iovcnt = bb->orig_iovcnt;
 		if (req->op == BLK_OP_READ && result == 0)
-			blk_iov_from_buf(req->iov, req->iovcnt, 0, bb->buf, req->len);
+			iov_from_buf(req->iov, req->iovcnt, 0, bb->buf, req->len);
 		free(bb->buf);
 		free(bb);
 	}
@@ -312,7 +313,7 @@ static int bounce_setup(struct blk_req *req, uint32_t align)
 		return -ENOMEM;
 	}
 	if (req->op == BLK_OP_WRITE)
-		blk_iov_to_buf(req->iov, req->iovcnt, 0, bb->buf, req->len);
+		iov_to_buf(req->iov, req->iovcnt, 0, bb->buf, req->len);
 	bb->iov.iov_base = bb->buf;
 	bb->iov.iov_len = (size_t)req->len;
 	bb->orig_iov = req->iov;
@@ -339,7 +340,7 @@ int blk_submit(struct blk *b, struct blk_req *req)
 	case BLK_OP_WRITE:
 		if (req->iovcnt < 0 || req->iovcnt > IOV_MAX || (req->iovcnt && !req->iov))
 			return -EINVAL;
-		req->len = blk_iov_size(req->iov, req->iovcnt);
+		req->len = iov_size(req->iov, req->iovcnt);
 		break;
 	case BLK_OP_DISCARD:
 	case BLK_OP_WRITE_ZEROES:

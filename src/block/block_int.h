@@ -198,16 +198,4 @@ extern const struct blk_format_ops blk_format_raw;
 struct blk_node *blk_snapshot_open(struct blk_node *lower, struct blk_engine *eng,
 				   const char *image_path, char *err, size_t errlen);
 
-/* ---- iovec helpers (file.c) ------------------------------------------ */
-
-uint64_t blk_iov_size(const struct iovec *iov, int iovcnt);
-/* Fills `out` (room for `iovcnt` entries) with the bytes [skip, skip+len)
- * of `iov`; returns the entry count. */
-int blk_iov_slice(const struct iovec *iov, int iovcnt, uint64_t skip, uint64_t len,
-		  struct iovec *out);
-void blk_iov_to_buf(const struct iovec *iov, int iovcnt, uint64_t skip, void *buf, uint64_t len);
-void blk_iov_from_buf(const struct iovec *iov, int iovcnt, uint64_t skip, const void *buf,
-		      uint64_t len);
-void blk_iov_memset(const struct iovec *iov, int iovcnt, uint64_t skip, int c, uint64_t len);
-
 #endif

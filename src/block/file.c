@@ -1,6 +1,7 @@
 /* The file layer: opening image and scratch files, the engine plumbing
  * both backends share (ready list, event fd, short-transfer continuation),
  * and iovec helpers. */
+#include "core/iov.h"
 #include "block/block_int.h"
 
 #include <errno.h>
@@ -142,7 +143,7 @@ bool blk_fio_progress(struct blk_fio *f, ssize_t res, int *result)
 			/* End of file: the image shrank under us, or a read
 			 * rounded up past its end. Like a sparse tail, it
 			 * reads as zeros (QEMU does the same). */
-			blk_iov_memset(f->iov, f->iovcnt, f->xfered, 0, f->len - f->xfered);
+			iov_memset(f->iov, f->iovcnt, f->xfered, 0, f->len - f->xfered);
 			*result = 0;
 		} else {
 			*result = -EIO;
@@ -162,7 +163,7 @@ bool blk_fio_progress(struct blk_fio *f, ssize_t res, int *result)
 		*result = -ENOMEM;
 		return false;
 	}
-	f->restcnt = blk_iov_slice(f->iov, f->iovcnt, f->xfered, f->len - f->xfered, f->rest);
+	f->restcnt = iov_slice(f->iov, f->iovcnt, f->xfered, f->len - f->xfered, f->rest);
 	return true;
 }
 
@@ -390,88 +391,4 @@ void blk_file_close(struct blk_file *f)
 		return;
 	close(f->fd);
 	free(f);
-}
-
-/* ---- iovec helpers -------------------------------------------------- */
-
-uint64_t blk_iov_size(const struct iovec *iov, int iovcnt)
-{
-	uint64_t n = 0;
-	for (int i = 0; i < iovcnt; i++)
-		n += iov[i].iov_len;
-	return n;
-}
-
-int blk_iov_slice(const struct iovec *iov, int iovcnt, uint64_t skip, uint64_t len,
-		  struct iovec *out)
-{
-	int n = 0;
-	for (int i = 0; i < iovcnt && len; i++) {
-		if (skip >= iov[i].iov_len) {
-			skip -= iov[i].iov_len;
-			continue;
-		}
-		uint64_t take = iov[i].iov_len - skip;
-		if (take > len)
-			take = len;
-		out[n].iov_base = (char *)iov[i].iov_base + skip;
-		out[n].iov_len = (size_t)take;
-		n++;
-		len -= take;
-		skip = 0;
-	}
-	return n;
-}
-
-/* Walks the bytes [skip, skip+len) of an iovec, calling fn on each piece
- * with its position relative to `skip`. */
-static void iov_walk(const struct iovec *iov, int iovcnt, uint64_t skip, uint64_t len,
-		     void (*fn)(void *piece, uint64_t at, uint64_t n, void *arg), void *arg)
-{
-	uint64_t at = 0;
-	for (int i = 0; i < iovcnt && len; i++) {
-		if (skip >= iov[i].iov_len) {
-			skip -= iov[i].iov_len;
-			continue;
-		}
-		uint64_t take = iov[i].iov_len - skip;
-		if (take > len)
-			take = len;
-		fn((char *)iov[i].iov_base + skip, at, take, arg);
-		at += take;
-		len -= take;
-		skip = 0;
-	}
-}
-
-static void piece_to_buf(void *piece, uint64_t at, uint64_t n, void *arg)
-{
-	memcpy((char *)arg + at, piece, n);
-}
-
-static void piece_from_buf(void *piece, uint64_t at, uint64_t n, void *arg)
-{
-	memcpy(piece, (const char *)arg + at, n);
-}
-
-static void piece_memset(void *piece, uint64_t at, uint64_t n, void *arg)
-{
-	(void)at;
-	memset(piece, *(const int *)arg, n);
-}
-
-void blk_iov_to_buf(const struct iovec *iov, int iovcnt, uint64_t skip, void *buf, uint64_t len)
-{
-	iov_walk(iov, iovcnt, skip, len, piece_to_buf, buf);
-}
-
-void blk_iov_from_buf(const struct iovec *iov, int iovcnt, uint64_t skip, const void *buf,
-		      uint64_t len)
-{
-	iov_walk(iov, iovcnt, skip, len, piece_from_buf, (void *)buf);
-}
-
-void blk_iov_memset(const struct iovec *iov, int iovcnt, uint64_t skip, int c, uint64_t len)
-{
-	iov_walk(iov, iovcnt, skip, len, piece_memset, &c);
 }

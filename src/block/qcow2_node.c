@@ -20,6 +20,7 @@
  *
  * cache modes: writethrough flushes qcow2 metadata after every request
  * that changed it; unsafe still writes metadata back on FLUSH. */
+#include "core/iov.h"
 #include "block/block_int.h"
 #include "block/image.h"
 #include "block/qcow2_int.h"
@@ -102,7 +103,7 @@ static int issue_child(struct qreq *qr, enum blk_fio_op op, uint64_t pos, uint64
 	if (!c)
 		return -ENOMEM;
 	c->parent = qr;
-	int cnt = blk_iov_slice(req->iov, req->iovcnt, pos, len, c->iov);
+	int cnt = iov_slice(req->iov, req->iovcnt, pos, len, c->iov);
 	c->fio.op = op;
 	c->fio.fd = n->file->fd;
 	c->fio.offset = host;
@@ -132,14 +133,14 @@ static int do_read(struct qreq *qr)
 			if (r < 0)
 				return r;
 		} else if (m.type == QT_ZERO || (m.type == QT_UNALLOC && !n->backing)) {
-			blk_iov_memset(req->iov, req->iovcnt, pos, 0, m.len);
+			iov_memset(req->iov, req->iovcnt, pos, 0, m.len);
 		} else {
 			for (uint64_t k = 0; k < m.len; k += QN_CHUNK) {
 				size_t len = m.len - k < QN_CHUNK ? (size_t)(m.len - k) : QN_CHUNK;
 				r = qcow2_read(n->q, off + k, n->buf, len);
 				if (r < 0)
 					return r;
-				blk_iov_from_buf(req->iov, req->iovcnt, pos + k, n->buf, len);
+				iov_from_buf(req->iov, req->iovcnt, pos + k, n->buf, len);
 			}
 		}
 		pos += m.len;
@@ -151,7 +152,7 @@ static int write_inline(struct qnode *n, struct blk_req *req, uint64_t pos, uint
 {
 	for (uint64_t k = 0; k < len; k += QN_CHUNK) {
 		size_t l = len - k < QN_CHUNK ? (size_t)(len - k) : QN_CHUNK;
-		blk_iov_to_buf(req->iov, req->iovcnt, pos + k, n->buf, l);
+		iov_to_buf(req->iov, req->iovcnt, pos + k, n->buf, l);
 		int r = qcow2_write(n->q, req->offset + pos + k, n->buf, l);
 		if (r < 0)
 			return r;

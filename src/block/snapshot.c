@@ -14,6 +14,7 @@
  * A cluster being brought into the overlay is "busy" until that write
  * completes; another write touching it waits, because its own copy-up
  * would read the stale base and could overwrite the first write's data. */
+#include "core/iov.h"
 #include "block/block_int.h"
 
 #include <errno.h>
@@ -207,7 +208,7 @@ static void snap_read_start(struct snap_io *io)
 		ch->req.offset = pos;
 		ch->req.len = run_end - pos;
 		ch->req.iov = ch->iov;
-		ch->req.iovcnt = blk_iov_slice(req->iov, req->iovcnt, pos - req->offset,
+		ch->req.iovcnt = iov_slice(req->iov, req->iovcnt, pos - req->offset,
 					       run_end - pos, ch->iov);
 		child_submit(ch, in_overlay ? s->overlay : s->lower);
 		pos = run_end;
@@ -238,7 +239,7 @@ static void copyup_read_done(struct blk_req *creq, int result)
 	uint64_t a = req->offset > cs ? req->offset : cs;
 	uint64_t b = req->offset + req->len < ce ? req->offset + req->len : ce;
 	if (req->op == BLK_OP_WRITE)
-		blk_iov_to_buf(req->iov, req->iovcnt, a - req->offset, (char *)ch->buf + (a - cs),
+		iov_to_buf(req->iov, req->iovcnt, a - req->offset, (char *)ch->buf + (a - cs),
 			       b - a);
 	else
 		memset((char *)ch->buf + (a - cs), 0, b - a);
@@ -298,7 +299,7 @@ static void direct(struct snap_io *io, uint64_t a, uint64_t b)
 	if (req->op == BLK_OP_WRITE) {
 		ch->req.op = BLK_OP_WRITE;
 		ch->req.iov = ch->iov;
-		ch->req.iovcnt = blk_iov_slice(req->iov, req->iovcnt, a - req->offset, b - a, ch->iov);
+		ch->req.iovcnt = iov_slice(req->iov, req->iovcnt, a - req->offset, b - a, ch->iov);
 	} else {
 		/* Zeros, not a hole punch: raw's discard is advisory, but here
 		 * the data must read back as zeros rather than from the base. */

@@ -361,6 +361,18 @@ static int parse_port(const char *s, uint16_t *out)
 	return 0;
 }
 
+/* "[ADDR]:PORT" (modified in place); an empty ADDR leaves *addr 0. */
+static int parse_addr_port(char *s, uint32_t *addr, uint16_t *port)
+{
+	char *colon = strrchr(s, ':');
+	if (!colon)
+		return -1;
+	*colon = 0;
+	if (*s && parse_ipv4(s, addr))
+		return -1;
+	return parse_port(colon + 1, port);
+}
+
 /* [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT, as QEMU's hostfwd. */
 static int parse_hostfwd(const char *text, struct net_hostfwd *fw)
 {
@@ -383,23 +395,8 @@ static int parse_hostfwd(const char *text, struct net_hostfwd *fw)
 	if (!dash)
 		return -1;
 	*dash = 0;
-	char *guest = dash + 1;
-	/* host side: [ADDR]:PORT */
-	colon = strrchr(p, ':');
-	if (!colon)
-		return -1;
-	*colon = 0;
-	if (*p && parse_ipv4(p, &fw->host_addr))
-		return -1;
-	if (parse_port(colon + 1, &fw->host_port))
-		return -1;
-	colon = strrchr(guest, ':');
-	if (!colon)
-		return -1;
-	*colon = 0;
-	if (*guest && parse_ipv4(guest, &fw->guest_addr))
-		return -1;
-	if (parse_port(colon + 1, &fw->guest_port))
+	if (parse_addr_port(p, &fw->host_addr, &fw->host_port) ||
+	    parse_addr_port(dash + 1, &fw->guest_addr, &fw->guest_port))
 		return -1;
 	return 0;
 }

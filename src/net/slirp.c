@@ -35,6 +35,7 @@
 #include <slirp/libslirp.h>
 
 #include "core/config.h"
+#include "core/iov.h"
 #include "core/log.h"
 #include "core/loop.h"
 
@@ -102,51 +103,6 @@ static void user_wake(struct user_net *u)
 
 /* ---- iov helpers ---- */
 
-static size_t iov_size(const struct iovec *iov, int iovcnt)
-{
-	size_t total = 0;
-	for (int i = 0; i < iovcnt; i++)
-		total += iov[i].iov_len;
-	return total;
-}
-
-static void iov_to_buf(const struct iovec *iov, int iovcnt, size_t off, void *buf, size_t len)
-{
-	uint8_t *p = buf;
-	for (int i = 0; i < iovcnt && len; i++) {
-		if (off >= iov[i].iov_len) {
-			off -= iov[i].iov_len;
-			continue;
-		}
-		size_t n = iov[i].iov_len - off;
-		if (n > len)
-			n = len;
-		memcpy(p, (const uint8_t *)iov[i].iov_base + off, n);
-		p += n;
-		len -= n;
-		off = 0;
-	}
-}
-
-static void iov_from_buf(const struct iovec *iov, int iovcnt, size_t off, const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-	for (int i = 0; i < iovcnt && len; i++) {
-		if (off >= iov[i].iov_len) {
-			off -= iov[i].iov_len;
-			continue;
-		}
-		size_t n = iov[i].iov_len - off;
-		if (n > len)
-			n = len;
-		memcpy((uint8_t *)iov[i].iov_base + off, p, n);
-		p += n;
-		len -= n;
-		off = 0;
-	}
-}
-
-/* The `len` bytes at `off` if one element holds them all, else NULL. */
 static const uint8_t *iov_contiguous(const struct iovec *iov, int iovcnt, size_t off, size_t len)
 {
 	for (int i = 0; i < iovcnt; i++) {

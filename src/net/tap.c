@@ -26,6 +26,7 @@
 #include <linux/sockios.h>
 
 #include "core/config.h"
+#include "core/iov.h"
 #include "core/log.h"
 #include "core/loop.h"
 
@@ -71,23 +72,6 @@ static int tap_send(struct net_backend *be, unsigned q, const struct iovec *iov,
 	return 0;
 }
 
-/* The tap writes the 10-byte legacy header and skips num_buffers: zero it,
- * so that the header is fully defined, as from every backend. */
-static void tap_zero_num_buffers(const struct iovec *iov, int iovcnt)
-{
-	size_t off = offsetof(struct virtio_net_hdr_v1, num_buffers), left = 2;
-	for (int i = 0; i < iovcnt && left; i++) {
-		if (off >= iov[i].iov_len) {
-			off -= iov[i].iov_len;
-			continue;
-		}
-		size_t n = iov[i].iov_len - off < left ? iov[i].iov_len - off : left;
-		memset((uint8_t *)iov[i].iov_base + off, 0, n);
-		left -= n;
-		off = 0;
-	}
-}
-
 /* Reads one frame. The kernel copies what fits and drops the rest of the
  * frame, reporting min(frame, buffer) as the length, so a frame that was
  * cut short looks exactly like one that filled the buffer. An extra
@@ -119,7 +103,9 @@ static ssize_t tap_recv(struct net_backend *be, unsigned q, const struct iovec *
 		return errno == EAGAIN ? 0 : -errno;
 	if ((size_t)n > total)
 		return -EMSGSIZE;
-	tap_zero_num_buffers(iov, iovcnt);
+	/* The tap writes the 10-byte legacy header and skips num_buffers:
+	 * zero it, so the header is fully defined, as from every backend. */
+	iov_memset(iov, iovcnt, offsetof(struct virtio_net_hdr_v1, num_buffers), 0, 2);
 	return n;
 }
 

@@ -43,6 +43,7 @@
 
 #include "core/config.h"
 #include "core/device.h"
+#include "core/iov.h"
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/vm.h"
@@ -328,22 +329,6 @@ static int rx_gather(struct vnet *n, struct virtq *vq, bool merge, uint64_t need
 	}
 }
 
-static void iov_write(const struct iovec *iov, unsigned niov, size_t off, const void *src, size_t len)
-{
-	const uint8_t *s = src;
-	for (unsigned i = 0; i < niov && len; i++) {
-		if (off >= iov[i].iov_len) {
-			off -= iov[i].iov_len;
-			continue;
-		}
-		size_t k = iov[i].iov_len - off < len ? iov[i].iov_len - off : len;
-		memcpy((uint8_t *)iov[i].iov_base + off, s, k);
-		s += k;
-		len -= k;
-		off = 0;
-	}
-}
-
 /* A frame of `len` bytes (header included) was received into the gathered
  * buffers: complete the chains it used. */
 static void rx_deliver(struct vnet *n, struct virtq *vq, size_t len)
@@ -356,7 +341,7 @@ static void rx_deliver(struct vnet *n, struct virtq *vq, size_t len)
 		k = 1;
 	/* The backend leaves num_buffers alone (a tap does not write it). */
 	uint16_t nb = htole16((uint16_t)k);
-	iov_write(n->rx_iov, n->rx_bufs[0].niov, offsetof(struct virtio_net_hdr_v1, num_buffers), &nb, 2);
+	iov_from_buf(n->rx_iov, (int)n->rx_bufs[0].niov, offsetof(struct virtio_net_hdr_v1, num_buffers), &nb, 2);
 	uint64_t left = len;
 	unsigned used_iov = 0;
 	for (unsigned i = 0; i < k; i++) {
