@@ -75,22 +75,10 @@ ip netns add "$NS" || exit 2
 ip -n "$NS" link set lo up
 ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 2>/dev/null
 
-vmm_command() { # VMM NIC ELF CMDLINE
-	if [ "$1" = kestrel ]; then
-		local net="tap,ifname=$TAP,mac=$MAC,vhost=off"
-		[ "$2" = e1000 ] && net+=",model=e1000"
-		CMD=("$K" run -v --kernel "$3" --memory 256M --cmdline "$4" --serial stdio --no-reboot --net "$net")
-	else
-		local dev=virtio-net-pci
-		[ "$2" = e1000 ] && dev=e1000
-		# shellcheck disable=SC2054  # the commas belong to -device
-		CMD=("$QEMU" -enable-kvm -display none -nodefaults -no-reboot -m 256M -kernel "$3" -append "$4"
-			-serial stdio -device isa-debug-exit,iobase=0xf4,iosize=4
-			-netdev "tap,id=n0,ifname=$TAP,script=no,downscript=no,vhost=off"
-			-device "$dev,netdev=n0,mac=$MAC,romfile=")
-		[ -f "$QBOOT" ] && CMD+=(-bios "$QBOOT")
-	fi
-}
+# shellcheck source=tests/net/lib.sh
+. "$ROOT/tests/net/lib.sh"
+NET_OPTS_EXTRA=",vhost=off"
+vmm_command() { net_vmm_command "$1" "$2" "$3" "$4" 256M -v; }
 
 # The value of NAME=X in TEXT (first match).
 field() { sed -n "s/\(^\|.* \)$1=\([0-9.]*\).*/\2/p" <<<"$2" | head -n 1; }

@@ -94,29 +94,9 @@ ip -n "$NS" link set lo up
 # No IPv6 on the tap: no router solicitations or DAD frames to ignore.
 ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 2>/dev/null
 
-# The command line for one guest run: fills CMD.
-# VMM: kestrel|qemu; NIC: virtio|virtio-mmio|e1000
-vmm_command() { # VMM NIC ELF CMDLINE
-	local vmm=$1 nic=$2 elf=$3 cmdline=$4
-	if [ "$vmm" = kestrel ]; then
-		local net="tap,ifname=$TAP,mac=$MAC"
-		case $nic in
-		virtio-mmio) net+=",transport=mmio" ;;
-		virtio-q2) net+=",queues=2" ;;
-		e1000) net+=",model=e1000" ;;
-		esac
-		CMD=("$K" run --kernel "$elf" --memory 128M --cmdline "$cmdline" --serial stdio --no-reboot --net "$net")
-	else
-		local dev=virtio-net-pci
-		[ "$nic" = e1000 ] && dev=e1000
-		# shellcheck disable=SC2054  # the commas belong to -device
-		CMD=("$QEMU" -enable-kvm -display none -nodefaults -no-reboot -m 128M -kernel "$elf" -append "$cmdline"
-			-serial stdio -device isa-debug-exit,iobase=0xf4,iosize=4
-			-netdev "tap,id=n0,ifname=$TAP,script=no,downscript=no,vhost=off"
-			-device "$dev,netdev=n0,mac=$MAC,romfile=")
-		[ -f "$QBOOT" ] && CMD+=(-bios "$QBOOT")
-	fi
-}
+# shellcheck source=tests/net/lib.sh
+. "$ROOT/tests/net/lib.sh"
+vmm_command() { net_vmm_command "$1" "$2" "$3" "$4" 128M; }
 
 # run_case NAME VMM NIC GUEST CMDLINE REGEX...
 run_case() {
