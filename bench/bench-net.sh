@@ -62,21 +62,14 @@ if [[ $VMMS == *kestrel* ]] && [ ! -x "$K" ]; then
 fi
 mkdir -p "$LOGDIR" || exit 2
 
-VPID="" PPID_PEER=""
-cleanup() {
-	[ -n "$PPID_PEER" ] && kill "$PPID_PEER" 2>/dev/null
-	[ -n "$VPID" ] && kill "$VPID" 2>/dev/null
-	wait 2>/dev/null
-	ip netns del "$NS" 2>/dev/null
-}
-trap cleanup EXIT
+# shellcheck source=tests/net/lib.sh
+. "$ROOT/tests/net/lib.sh"
+trap net_ns_cleanup EXIT
 trap 'exit 130' INT TERM
 ip netns add "$NS" || exit 2
 ip -n "$NS" link set lo up
 ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 2>/dev/null
 
-# shellcheck source=tests/net/lib.sh
-. "$ROOT/tests/net/lib.sh"
 NET_OPTS_EXTRA=",vhost=off"
 vmm_command() { net_vmm_command "$1" "$2" "$3" "$4" 256M -v; }
 

@@ -451,6 +451,16 @@ static int snap_lookup(struct image *img, const char *id_or_name, struct qcow2 *
 	return i;
 }
 
+/* Drops the references an L1 table (`l1`, `size` entries, stored at
+ * `off`) holds and frees the table's own clusters. Returns 0 or -errno. */
+static int drop_l1(struct qcow2 *q, const uint64_t *l1, uint32_t size, uint64_t off)
+{
+	int r = qcow2_l1_refcounts(q, l1, size, -1);
+	if (r == 0 && size)
+		r = qcow2_free_now(q, off, (uint64_t)size * 8);
+	return r;
+}
+
 int qcow2_snapshot_apply(struct image *img, const char *id_or_name, char *err, size_t errlen)
 {
 	struct qcow2 *q;
@@ -529,9 +539,7 @@ int qcow2_snapshot_apply(struct image *img, const char *id_or_name, char *err, s
 	q->l1_offset = noff;
 	q->l1_dirty_lo = UINT64_MAX;
 	q->l1_dirty_hi = 0;
-	r = qcow2_l1_refcounts(q, old, old_size, -1);
-	if (r == 0 && old_size)
-		r = qcow2_free_now(q, old_off, (uint64_t)old_size * 8);
+	r = drop_l1(q, old, old_size, old_off);
 	free(old);
 	if (r == 0)
 		r = refresh_copied(q);
@@ -576,9 +584,7 @@ int qcow2_snapshot_delete(struct image *img, const char *id_or_name, char *err, 
 	free(q->snaps);
 	q->snaps = ns;
 	q->nb_snapshots = n;
-	r = qcow2_l1_refcounts(q, sl1, victim.l1_size, -1);
-	if (r == 0 && victim.l1_size)
-		r = qcow2_free_now(q, victim.l1_offset, (uint64_t)victim.l1_size * 8);
+	r = drop_l1(q, sl1, victim.l1_size, victim.l1_offset);
 	snap_clear(&victim);
 	if (r == 0)
 		r = refresh_copied(q);

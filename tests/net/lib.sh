@@ -1,6 +1,16 @@
 # shellcheck shell=bash
 # Shared by tests/net/test-net-guests.sh and bench/bench-net.sh (sourced).
-# Needs K (Kestrel), QEMU, QBOOT, TAP and MAC set by the caller.
+# Needs K (Kestrel), QEMU, QBOOT, TAP, MAC and NS set by the caller.
+
+# The EXIT trap of both scripts: stops the VMM ($VPID) and the peer
+# ($PPID_PEER) if running, and deletes the namespace $NS.
+VPID="" PPID_PEER=""
+net_ns_cleanup() {
+	[ -n "$PPID_PEER" ] && kill "$PPID_PEER" 2>/dev/null
+	[ -n "$VPID" ] && kill "$VPID" 2>/dev/null
+	wait 2>/dev/null
+	ip netns del "$NS" 2>/dev/null
+}
 
 # The command line for one micro-guest run on a tap: fills the array CMD.
 #   net_vmm_command VMM NIC ELF CMDLINE MEMORY [KESTREL_ARG...]

@@ -32,7 +32,6 @@ TAP=ktap0
 MAC=52:54:00:12:34:56
 NS=kestrel-nt-$$
 passed=0 failed=0 skipped=0
-VPID="" PPID_PEER=""
 
 skip() { echo "SKIP $1: $2"; skipped=$((skipped + 1)); }
 summary() {
@@ -76,13 +75,9 @@ for f in "$PEER" "$G/virtio-net.elf" "$G/e1000.elf"; do
 done
 mkdir -p "$LOGDIR" || exit 2
 
-cleanup() {
-	[ -n "$PPID_PEER" ] && kill "$PPID_PEER" 2>/dev/null
-	[ -n "$VPID" ] && kill "$VPID" 2>/dev/null
-	wait 2>/dev/null
-	ip netns del "$NS" 2>/dev/null
-}
-trap cleanup EXIT
+# shellcheck source=tests/net/lib.sh
+. "$ROOT/tests/net/lib.sh"
+trap net_ns_cleanup EXIT
 trap 'exit 130' INT TERM
 
 if ! ip netns add "$NS" 2>"$LOGDIR/netns.err"; then
@@ -94,8 +89,6 @@ ip -n "$NS" link set lo up
 # No IPv6 on the tap: no router solicitations or DAD frames to ignore.
 ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 2>/dev/null
 
-# shellcheck source=tests/net/lib.sh
-. "$ROOT/tests/net/lib.sh"
 vmm_command() { net_vmm_command "$1" "$2" "$3" "$4" 128M; }
 
 # run_case NAME VMM NIC GUEST CMDLINE REGEX...
