@@ -617,6 +617,9 @@ enum run_opts_result run_opts_parse(int argc, char **argv, struct vm_config *cfg
 		return fail(err, errlen, "unexpected argument '%s' (options start with --)", argv[optind]);
 	if (!cfg->kernel)
 		return fail(err, errlen, "--kernel PATH is required");
+	if (cfg->console.enabled && cfg->console.backend.kind == CHARDEV_STDIO && cfg->serial.kind == CHARDEV_STDIO)
+		return fail(err, errlen, "--console stdio and --serial stdio cannot share the terminal; "
+				      "add --serial off (or another backend)");
 	/* Default MACs hang off the final --name, wherever it was given. */
 	for (unsigned i = 0; i < cfg->nr_nics; i++)
 		if (!cfg->nics[i].mac_given)

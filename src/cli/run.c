@@ -132,11 +132,6 @@ int cmd_run(int argc, char **argv)
 	}
 	loop_add(ctx.loop, ctx.sigfd, EPOLLIN, run_on_signal, &ctx);
 
-	if (cfg.console.enabled && cfg.console.backend.kind == CHARDEV_STDIO && cfg.serial.kind == CHARDEV_STDIO) {
-		log_err("--console stdio and --serial stdio cannot share the terminal; add --serial off (or another backend)");
-		loop_destroy(ctx.loop);
-		return EXIT_SETUP;
-	}
 	struct chardev *serial = chardev_open(&cfg.serial);
 	struct chardev *console = NULL;
 	if (serial && cfg.console.enabled && !(console = chardev_open(&cfg.console.backend))) {

@@ -167,6 +167,26 @@ static void test_serial_backends(void **state)
 	assert_int_equal(chardev_parse("STDIO", &s, err, sizeof(err)), -1);
 }
 
+/* Both on stdio would fight over the terminal: refused while parsing, so
+ * before anything is opened. */
+static void test_console_serial_share_stdio(void **state)
+{
+	(void)state;
+	struct vm_config cfg;
+	char err[512];
+	assert_int_equal(parse(&cfg, err, "--kernel", "k", "--console", "stdio", NULL), RUN_OPTS_ERROR);
+	assert_string_equal(err, "--console stdio and --serial stdio cannot share the terminal; "
+				 "add --serial off (or another backend)");
+	assert_int_equal(parse(&cfg, err, "--kernel", "k", "--console", "stdio,transport=mmio", "--serial", "stdio",
+			       NULL),
+			 RUN_OPTS_ERROR);
+	assert_int_equal(parse(&cfg, err, "--kernel", "k", "--console", "stdio", "--serial", "off", NULL), RUN_OPTS_OK);
+	assert_int_equal(cfg.console.backend.kind, CHARDEV_STDIO);
+	assert_int_equal(parse(&cfg, err, "--kernel", "k", "--console", "pty", NULL), RUN_OPTS_OK);
+	assert_int_equal(parse(&cfg, err, "--kernel", "k", "--console", "off", NULL), RUN_OPTS_OK);
+	assert_false(cfg.console.enabled);
+}
+
 static void test_net(void **state)
 {
 	(void)state;
@@ -262,6 +282,7 @@ int main(void)
 		cmocka_unit_test(test_structural_errors),
 		cmocka_unit_test(test_help_version),
 		cmocka_unit_test(test_serial_backends),
+		cmocka_unit_test(test_console_serial_share_stdio),
 		cmocka_unit_test(test_net),
 	};
 	return cmocka_run_group_tests_name("opts", tests, NULL, NULL);
