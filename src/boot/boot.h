@@ -1,5 +1,6 @@
-/* Kernel loading: detects the image format from its content and loads it
- * into guest memory (PVH ELF or bzImage with the 64-bit entry). */
+/* Kernel loading: detects the image format from its content, checks it
+ * before the VM exists (boot_prepare) and loads it into guest memory when
+ * the VM is built (boot_load): PVH ELF or bzImage with the 64-bit entry. */
 #ifndef KESTREL_BOOT_H
 #define KESTREL_BOOT_H
 
@@ -66,9 +67,41 @@ int bzimage_parse(const uint8_t *img, size_t size, struct bzimage_info *out, cha
 int boot_is_bzimage(const uint8_t *img, size_t size);
 int boot_is_elf(const uint8_t *img, size_t size);
 
-/* Loads vm->cfg->kernel (and initrd, cmdline) into guest memory after the
- * firmware tables exist, and fills vm->boot. Returns 0, or -1 with one error
- * line printed naming the file and the problem. */
+/* A kernel (and initrd) read, checked and placed for one configuration,
+ * before any VM resource exists: everything that can be wrong with the
+ * user's --kernel, --initrd, --cmdline and --memory is found here, so it is
+ * reported even on a host without KVM. The files are read once, into the
+ * heap; boot_load() copies them into guest RAM at every (re)build. */
+struct boot_image {
+	const char *kernel_path;  /* borrowed from the config, for messages */
+	uint8_t *kernel;          /* the whole kernel file */
+	size_t kernel_size;
+	uint8_t *initrd;          /* the whole initrd, or NULL */
+	size_t initrd_size;
+	enum boot_mode mode;      /* the format: BOOT_PVH or BOOT_LINUX64 */
+	struct pvh_image pvh;     /* BOOT_PVH: entry and segments */
+	struct bzimage_info bz;   /* BOOT_LINUX64: the setup header */
+	uint64_t initrd_addr;     /* guest-physical, page-aligned; 0 without an initrd */
+};
+
+struct vm_config;
+
+/* Reads cfg->kernel and cfg->initrd into `out`, detects the kernel's format
+ * from its content, parses it, and checks that the kernel, the command line
+ * and the initrd fit this kernel and cfg->mem_size of guest RAM. Takes no
+ * resource but heap memory. Returns 0 (free `out` with boot_image_free()),
+ * or -1 with one error line printed naming the bad file or option and
+ * nothing to free. */
+int boot_prepare(const struct vm_config *cfg, struct boot_image *out);
+
+/* Frees what boot_prepare() read. Safe on a zeroed or freed image. */
+void boot_image_free(struct boot_image *img);
+
+/* Copies vm->image (prepared for vm->cfg) and the command line into guest
+ * memory, writes the boot structures (PVH start info or zero page, E820
+ * map) after the firmware tables exist, and fills vm->boot. Returns 0, or
+ * -1 with an error printed (only if guest memory is not laid out as
+ * boot_prepare() assumed). */
 int boot_load(struct vm *vm);
 
 #endif

@@ -1,4 +1,5 @@
-/* `kestrel run`: build the VM, run it until it stops, reboot on reset. */
+/* `kestrel run`: check the inputs, build the VM, run it until it stops,
+ * reboot on reset. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -85,6 +86,17 @@ static int run_exit_status(const struct vm *vm)
 	}
 }
 
+/* Checks everything the user gave that run_opts_parse() could not (files,
+ * the host's RAM) before /dev/kvm or any other resource is taken, so that
+ * a bad kernel, initrd or --memory is reported as such even on a
+ * host without KVM, and nothing is set up for a run that cannot start.
+ * Returns 0 with `image` prepared for the builder (the caller frees it),
+ * or -1 with one error line printed and nothing to free. */
+static int run_check_inputs(const struct vm_config *cfg, struct boot_image *image)
+{
+	return vm_check_host(cfg) || boot_prepare(cfg, image) ? -1 : 0;
+}
+
 static uint64_t now_ns(void)
 {
 	struct timespec ts;
@@ -112,6 +124,9 @@ int cmd_run(int argc, char **argv)
 	}
 	cfg.start_ns = start;
 	log_set_level(cfg.verbose >= 2 ? LOG_DEBUG : cfg.verbose == 1 ? LOG_INFO : LOG_WARN);
+	struct boot_image image;
+	if (run_check_inputs(&cfg, &image))
+		return EXIT_SETUP;
 
 	/* Signals: the loop thread takes SIGINT/SIGTERM/SIGHUP through a
 	 * signalfd; every thread created from here inherits the mask. */
@@ -128,6 +143,7 @@ int cmd_run(int argc, char **argv)
 	ctx.loop = loop_create();
 	if (ctx.sigfd < 0 || !ctx.loop) {
 		log_err("cannot set up the main loop: %s", strerror(errno));
+		boot_image_free(&image);
 		return EXIT_SETUP;
 	}
 	loop_add(ctx.loop, ctx.sigfd, EPOLLIN, run_on_signal, &ctx);
@@ -140,12 +156,13 @@ int cmd_run(int argc, char **argv)
 	}
 	if (!serial) {
 		loop_destroy(ctx.loop);
+		boot_image_free(&image);
 		return EXIT_SETUP;
 	}
 
 	int status;
 	for (unsigned boot = 0;; boot++) {
-		struct vm *vm = vm_create(&cfg, ctx.loop, serial, console);
+		struct vm *vm = vm_create(&cfg, &image, ctx.loop, serial, console);
 		if (!vm) {
 			status = EXIT_SETUP;
 			break;
@@ -173,5 +190,6 @@ int cmd_run(int argc, char **argv)
 	chardev_close(serial);
 	loop_destroy(ctx.loop);
 	close(ctx.sigfd);
+	boot_image_free(&image);
 	return status;
 }

@@ -107,14 +107,19 @@ static void step_kvm_fini(struct vm *vm)
 	vm->cpuid = NULL;
 }
 
-static int step_mem_init(struct vm *vm)
+int vm_check_host(const struct vm_config *cfg)
 {
 	uint64_t host = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
-	if (vm->cfg->mem_size > host) {
+	if (cfg->mem_size > host) {
 		log_err("--memory %llu MiB is more than this host's %llu MiB of RAM",
-			(unsigned long long)(vm->cfg->mem_size >> 20), (unsigned long long)(host >> 20));
+			(unsigned long long)(cfg->mem_size >> 20), (unsigned long long)(host >> 20));
 		return -1;
 	}
+	return 0;
+}
+
+static int step_mem_init(struct vm *vm)
+{
 	int ret = guest_mem_alloc(&vm->mem, vm->cfg->mem_size, LAYOUT_HOLE_START);
 	if (ret) {
 		log_err("cannot allocate %llu MiB of guest memory: %s",
@@ -300,8 +305,8 @@ static void vm_unwind(struct vm *vm)
 	}
 }
 
-struct vm *vm_create(const struct vm_config *cfg, struct loop *loop, struct chardev *serial,
-		     struct chardev *console)
+struct vm *vm_create(const struct vm_config *cfg, const struct boot_image *image, struct loop *loop,
+		     struct chardev *serial, struct chardev *console)
 {
 	struct vm *vm = calloc(1, sizeof(*vm));
 	if (!vm) {
@@ -309,6 +314,7 @@ struct vm *vm_create(const struct vm_config *cfg, struct loop *loop, struct char
 		return NULL;
 	}
 	vm->cfg = cfg;
+	vm->image = image;
 	vm->loop = loop;
 	vm->serial_chr = serial;
 	vm->console_chr = console;

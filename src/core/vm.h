@@ -63,6 +63,7 @@ struct vm {
 	struct vm_device devices[VM_MAX_DEVICES];
 	unsigned nr_devices;
 
+	const struct boot_image *image; /* the prepared kernel; not owned, outlives reboots */
 	struct boot_info boot;
 
 	struct vcpu *vcpus;
@@ -78,13 +79,21 @@ struct vm {
 	unsigned builder_steps_done;   /* for reverse unwind */
 };
 
+/* Checks what in `cfg` depends on this host but not on KVM, so that it is
+ * reported before /dev/kvm is opened: today, that --memory is at most the
+ * host's RAM. Takes nothing. Returns 0, or -1 with one error line printed. */
+int vm_check_host(const struct vm_config *cfg);
+
 /* Builds a VM from `cfg` in one linear sequence: KVM, memory, irqchip,
- * buses, platform devices, firmware tables, kernel, vCPUs. On failure,
- * everything already built is torn down in reverse, an error line has been
- * printed, and NULL is returned. `loop`, `serial` and `console` (may be
- * NULL) are borrowed. */
-struct vm *vm_create(const struct vm_config *cfg, struct loop *loop, struct chardev *serial,
-		     struct chardev *console);
+ * buses, platform devices, firmware tables, kernel, vCPUs. `cfg` must have
+ * passed vm_check_host(), and `image` is boot_prepare()'s result for it,
+ * which the kernel step copies into guest RAM: so what is left to fail here
+ * is the host's side (KVM and its limits, memory, device backends). On
+ * failure, everything already built is torn down in reverse, an error line
+ * has been printed, and NULL is returned. `image`, `loop`, `serial` and
+ * `console` (may be NULL) are borrowed. */
+struct vm *vm_create(const struct vm_config *cfg, const struct boot_image *image, struct loop *loop,
+		     struct chardev *serial, struct chardev *console);
 
 /* Starts the vCPU threads. Returns 0 or -errno. */
 int vm_start(struct vm *vm);
