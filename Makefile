@@ -19,7 +19,7 @@ TESTS     := $(TEST_SRCS:tests/unit/%.c=$(O)/tests/%)
 SAN_TESTS := $(TEST_SRCS:tests/unit/%.c=$(O)/tests-san/%)
 
 .PHONY: all kestrel guests unit-tests test test-unit test-guests test-qemu test-linux test-long bench bench-virtio bench-img bench-net test-net clean
-all: kestrel guests unit-tests $(O)/netpeer
+all: kestrel guests unit-tests $(O)/netpeer $(O)/kvmprobe
 
 kestrel: $(O)/kestrel
 
@@ -64,6 +64,12 @@ unit-tests: $(TESTS) $(SAN_TESTS) $(O)/kestrel-san
 
 # The host end of the networking tests and benchmarks (tests/net/).
 $(O)/netpeer: tests/net/netpeer.c tests/net/netproto.h
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	@$(CC) $(CFLAGS) -o $@ $<
+
+# tools/kvmhost's probe: does /dev/kvm run guest ring 0 natively?
+$(O)/kvmprobe: tools/kvmhost/probe.c
 	@mkdir -p $(dir $@)
 	@echo "  CC      $@"
 	@$(CC) $(CFLAGS) -o $@ $<
