@@ -12,10 +12,14 @@ packages=(
 	liburing-dev zlib1g-dev libzstd-dev
 	# networking: user-mode networking; tests: namespaces, DHCP server
 	libslirp-dev iproute2 dnsmasq-base
-	# tier 2: QEMU as a peer for side-by-side runs and benchmarks
+	# QEMU: the peer for side-by-side runs and benchmarks, and (under TCG)
+	# tools/kvmhost's outer VM where this machine's KVM cannot run Linux
 	qemu-system-x86 qemu-utils
-	# tier 3: the test kernel (Debian's linux-source-6.1) and its build deps
-	linux-source-6.1 bc bison flex libelf-dev libssl-dev cpio xz-utils busybox-static
+	# tier 3 and the outer VM: Debian's stock kernel (unmodified), busybox
+	# initramfs, a debootstrap'd Debian 12, ssh into it
+	linux-image-amd64 busybox-static cpio kmod debootstrap openssh-client
+	# benchmarks inside Linux guests
+	fio iperf3
 	# test/bench tools
 	e2fsprogs python3 procps
 )
@@ -40,7 +44,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 	apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-if [ ! -e /dev/kvm ]; then
-	echo "setup.sh: warning: /dev/kvm is missing; Kestrel needs KVM (VT-x/AMD-V)" >&2
-fi
+# Where Kestrel's guests will run: this machine's KVM, or the outer VM.
+"$(dirname "$0")/../tools/kvmhost/kvmhost" --probe | sed 's/^/setup.sh: KVM: /' || true
 echo "setup.sh: done"

@@ -17,7 +17,6 @@ ln -sf /proc/self/fd/2 /dev/stderr
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs -o mode=755 tmpfs /run
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
-mount -t tmpfs -o mode=700 tmpfs /root
 run=/run/kvmhost
 mkdir -p $run
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 run $run; then
@@ -56,7 +55,8 @@ done
 
 ip link set lo up 2>/dev/null
 . "$run/env"
-export KESTREL_KVMHOST=direct KESTREL_KVMHOST_INSIDE=1 HOME=/root
+mkdir -p -m 700 /tmp/.home
+export KESTREL_KVMHOST=direct KESTREL_KVMHOST_INSIDE=1 HOME=/tmp/.home
 cd "$KVMHOST_CWD" || { echo 127 >"$run/rc"; exit 0; }
 if [ "$KVMHOST_TTY" = 1 ]; then
 	# Interactive: the command owns hvc0 as its controlling terminal.
