@@ -11,7 +11,9 @@
 #   linux_setup [-b PROGRAM]...  KVER, KERNEL, INITRD (built once, cached by
 #                  content), LOGDIR; exits 2 with one line if no kernel
 #   linux_boot NAME [KESTREL-ARG...]   one boot; log $LOGDIR/NAME.log,
-#                  status in BOOT_STATUS (124: killed at $LINUX_TIMEOUT)
+#                  status in BOOT_STATUS (124: killed at $LINUX_TIMEOUT);
+#                  LINUX_REBOOT=1 leaves out --no-reboot (a guest reset
+#                  rebuilds the VM)
 #   linux_results NAME [EXPECT_STATUS]  counts the guest's lines, checks it
 #                  finished, the VMM's status, and no oops in the log
 #   linux_summary  the last line "N passed, N failed, N skipped"; its status
@@ -77,12 +79,13 @@ linux_boot() {
 		*) args+=("$1"); shift ;;
 		esac
 	done
-	local mem=(--memory 512M)
+	local mem=(--memory 512M) noreboot=(--no-reboot)
+	[ "${LINUX_REBOOT:-0}" = 1 ] && noreboot=()
 	for a in "${args[@]}"; do [ "$a" = --memory ] && mem=(); done
 	local t0=$SECONDS
 	timeout -k 5 "$LINUX_TIMEOUT" "$KESTREL" run --kernel "$KERNEL" --initrd "$INITRD" \
 		--cmdline "console=ttyS0 loglevel=4 panic=-1 kestrel.test=$name${LINUX_CMDLINE:+ $LINUX_CMDLINE}$extra" \
-		--no-reboot --serial stdio "${mem[@]}" "${args[@]}" </dev/null >"$log" 2>&1
+		"${noreboot[@]}" --serial stdio "${mem[@]}" "${args[@]}" </dev/null >"$log" 2>&1
 	BOOT_STATUS=$?
 	echo "boot $name: status $BOOT_STATUS after $((SECONDS - t0)) s"
 }

@@ -18,3 +18,20 @@ wait_for() {
 	done
 	return 1
 }
+# kparam NAME: the value of kestrel.NAME=VALUE on the kernel command line.
+kparam() {
+	for a in $(cat /proc/cmdline); do
+		case $a in "kestrel.$1="*) echo "${a#kestrel.$1=}"; return 0 ;; esac
+	done
+	return 1
+}
+# disk_by_serial ID: /dev/vdX of the virtio-blk disk given --disk serial=ID.
+disk_by_serial() {
+	for s in /sys/block/vd*/serial; do
+		[ "$(cat "$s" 2>/dev/null)" = "$1" ] || continue
+		s=${s%/serial}
+		echo "/dev/${s##*/}"
+		return 0
+	done
+	return 1
+}
