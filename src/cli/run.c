@@ -68,14 +68,15 @@ static void run_print_stats(const struct vm *vm)
 		 atomic_load(&vm->mmio.unclaimed_reads), atomic_load(&vm->mmio.unclaimed_writes));
 }
 
-static int run_exit_status(const struct vm *vm)
+static int run_exit_status(const struct vm *vm, bool rebooting)
 {
 	switch (vm->stop_reason) {
 	case VM_STOP_POWEROFF:
 		log_info("guest powered off");
 		return 0;
 	case VM_STOP_RESET:
-		log_info("guest reset; exiting (--no-reboot)");
+		if (!rebooting)
+			log_info("guest reset; exiting (--no-reboot)");
 		return 0;
 	case VM_STOP_DEBUG_EXIT:
 		return ((vm->stop_status << 1) | 1) & 0xff;
@@ -233,7 +234,7 @@ int cmd_run(int argc, char **argv)
 		vm_stop(vm);
 		run_print_stats(vm);
 		bool reboot = vm->stop_reason == VM_STOP_RESET && !cfg.no_reboot;
-		status = run_exit_status(vm);
+		status = run_exit_status(vm, reboot);
 		ctx.vm = NULL;
 		vm_destroy(vm);
 		if (!reboot)
