@@ -12,6 +12,7 @@
 #                  content), LOGDIR; exits 2 with one line if no kernel
 #   linux_boot NAME [KESTREL-ARG...]   one boot; log $LOGDIR/NAME.log,
 #                  status in BOOT_STATUS (124: killed at $LINUX_TIMEOUT);
+#                  the VMM runs under "${LINUX_WRAP[@]}" if set;
 #                  LINUX_REBOOT=1 leaves out --no-reboot (a guest reset
 #                  rebuilds the VM)
 #   linux_results NAME [EXPECT_STATUS]  counts the guest's lines, checks it
@@ -21,7 +22,10 @@ LINUX_CACHE=${KESTREL_CACHE:-/var/tmp/kestrel-cache}/linux
 KESTREL=${KESTREL:-$ROOT/build/kestrel}
 LINUX_TIMEOUT=${LINUX_TIMEOUT:-300}
 LINUX_MODULES=(virtio_pci virtio_mmio virtio_blk virtio_net virtio_console virtio-rng
-	e1000 ext4 crc32c_generic)
+	e1000 ext4 crc32c_generic netconsole)
+# A command the VMM runs under, e.g. (ip netns exec NS): linux_boot runs
+# timeout ... "${LINUX_WRAP[@]}" kestrel run ...
+LINUX_WRAP=()
 passed=0 failed=0 skipped=0
 
 pass() { echo "PASS $*"; passed=$((passed + 1)); }
@@ -83,7 +87,7 @@ linux_boot() {
 	[ "${LINUX_REBOOT:-0}" = 1 ] && noreboot=()
 	for a in "${args[@]}"; do [ "$a" = --memory ] && mem=(); done
 	local t0=$SECONDS
-	timeout -k 5 "$LINUX_TIMEOUT" "$KESTREL" run --kernel "$KERNEL" --initrd "$INITRD" \
+	timeout -k 5 "$LINUX_TIMEOUT" "${LINUX_WRAP[@]}" "$KESTREL" run --kernel "$KERNEL" --initrd "$INITRD" \
 		--cmdline "console=ttyS0 loglevel=4 panic=-1 kestrel.test=$name${LINUX_CMDLINE:+ $LINUX_CMDLINE}$extra" \
 		"${noreboot[@]}" --serial stdio "${mem[@]}" "${args[@]}" </dev/null >"$log" 2>&1
 	BOOT_STATUS=$?
