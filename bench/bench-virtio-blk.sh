@@ -13,11 +13,17 @@
 # exit count of the run minus that of a run of the same guest doing no I/O.
 # Doorbells go to KVM ioeventfds and completions need no interrupt, so
 # this should be ~0.
+# Each figure is the median of RUNS runs, the VMMs alternating (K uring,
+# K threads, Q uring, Q threads, then again); the ratios are Kestrel/QEMU
+# (IOPS, MB/s: above 1 favours Kestrel). Inside tools/kvmhost's outer VM
+# (KESTREL_KVMHOST_INSIDE=1) both run nested under TCG: only ratios compare.
 #
 # Environment:
 #   BENCH_IMG   the raw file (default /var/tmp/kestrel-virtio-bench.img,
-#               created as 1 GiB of allocated zeroes if missing)
+#               created as BENCH_IMG_MB (default 1024) MiB of allocated
+#               zeroes if missing or of another size)
 #   BENCH_SECS  seconds per measurement (default 5)
+#   RUNS        runs per figure (default 3)
 #   CACHE       cache mode for both VMMs (default none; fio uses
 #               direct=1 for none/directsync)
 #   TESTS       "rw:bs:qd ..." (default: 4 KiB random read/write at QD1 and
@@ -31,6 +37,8 @@ QEMU=${QEMU:-qemu-system-x86_64}
 ELF=$G/virtio-bench.elf
 IMG=${BENCH_IMG:-/var/tmp/kestrel-virtio-bench.img}
 SECS=${BENCH_SECS:-5}
+RUNS=${RUNS:-3}
+IMG_MB=${BENCH_IMG_MB:-1024}
 CACHE=${CACHE:-none}
 TESTS=${TESTS:-"randread:4096:1 randread:4096:32 randwrite:4096:1 randwrite:4096:32 read:1048576:1 write:1048576:1"}
 QBOOT=/usr/share/qemu/qboot.rom
@@ -38,9 +46,9 @@ QBOOT=/usr/share/qemu/qboot.rom
 for f in "$K" "$ELF"; do
 	[ -e "$f" ] || { echo "bench-virtio-blk.sh: $f missing (make; make guests)" >&2; exit 2; }
 done
-if [ ! -f "$IMG" ] || [ "$(stat -c %s "$IMG")" -ne $((1 << 30)) ]; then
-	echo "creating $IMG (1 GiB, allocated)"
-	dd if=/dev/zero of="$IMG" bs=1M count=1024 oflag=direct status=none || exit 2
+if [ ! -f "$IMG" ] || [ "$(stat -c %s "$IMG")" -ne $((IMG_MB << 20)) ]; then
+	echo "creating $IMG ($IMG_MB MiB, allocated)"
+	dd if=/dev/zero of="$IMG" bs=1M count="$IMG_MB" oflag=direct status=none || exit 2
 fi
 if [ "${SKIP_FIO:-0}" != 1 ] && ! command -v fio >/dev/null; then
 	echo "fio not found (apt-get install -y fio): host figures skipped"
@@ -62,7 +70,7 @@ kestrel_run() { # AIO CMDLINE
 qemu_run() { # AIO CMDLINE
 	local bios=()
 	[ -f "$QBOOT" ] && bios=(-bios "$QBOOT")
-	timeout $((SECS + 60)) "$QEMU" -enable-kvm -nographic -no-reboot "${bios[@]}" -m 256M \
+	timeout $((SECS + 60)) "$QEMU" -accel kvm -nographic -no-reboot "${bios[@]}" -m 256M \
 		-kernel "$ELF" -device isa-debug-exit,iobase=0xf4,iosize=4 \
 		-drive "file=$IMG,format=raw,if=none,id=d0,cache=$CACHE,aio=$1" \
 		-device virtio-blk-pci,drive=d0 -append "$2" </dev/null 2>/dev/null | grep -m1 '^bench: ' | tr -d '\r'
@@ -102,14 +110,20 @@ fi
 echo "== host"
 echo "kernel $(uname -r), $(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 [ -d /sys/module/kvm_pvm ] && echo "kvm: kvm_pvm (nested)"
+if [ "${KESTREL_KVMHOST_INSIDE:-0}" = 1 ]; then
+	echo "NOTE: inside tools/kvmhost's outer VM (QEMU TCG, nested KVM): every absolute figure below is"
+	echo "      a nested guest's under TCG emulation; only the Kestrel/QEMU ratios compare."
+fi
 echo "image $IMG ($(df -T "$IMG" | awk 'NR == 2 { print $2 }')), cache=$CACHE, ${SECS} s per figure"
 "$QEMU" --version | head -n 1
 command -v fio >/dev/null && fio --version
 
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END {
+	if (NR == 0) print ""; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
 
 echo
-echo "== virtio-blk, 1 queue, polling guest (IOPS for 4 KiB, MB/s for 1 MiB; MB = 10^6 bytes)"
+echo "== virtio-blk, 1 queue, polling guest (IOPS for 4 KiB, MB/s for 1 MiB; MB = 10^6 bytes; median of $RUNS)"
 printf '%-17s %9s %9s %9s %9s %9s | %7s %7s %7s | %9s %9s\n' test "K uring" "K thread" "Q uring" "Q thread" "host fio" \
 	"K/Q u" "K/Q t" "K/host" "exits/req" "kicks/req"
 for t in $TESTS; do
@@ -120,31 +134,37 @@ for t in $TESTS; do
 	[ "$bs" -ge 1048576 ] && label="$rw $((bs >> 20))M qd$qd"
 	args="rw=$rw bs=$bs qd=$qd"
 
-	k=$(kestrel_run io_uring "$args seconds=$SECS")
 	kb=$(kestrel_run io_uring "$args seconds=0")
-	kt=$(kestrel_run threads "$args seconds=$SECS")
-	kv=$(field $metric "$k") ktv=$(field $metric "$kt")
-	ops=$(field ops "$k") kicks=$(field kicks "$k")
-	ex=$(field exits "$k") exb=$(field exits "$kb")
-	epr=$(awk -v e="$ex" -v b="$exb" -v o="$ops" 'BEGIN { if (o > 0 && e != "" && b != "") printf "%.4f", (e - b) / o; else print "-" }')
-	kpr=$(awk -v k="$kicks" -v o="$ops" 'BEGIN { if (o > 0) printf "%.3f", k / o; else print "-" }')
+	exb=$(field exits "$kb")
+	kvs="" ktvs="" qvs="" qtvs="" eprs="" kprs="" k=""
+	for _ in $(seq "$RUNS"); do
+		k=$(kestrel_run io_uring "$args seconds=$SECS")
+		kt=$(kestrel_run threads "$args seconds=$SECS")
+		kvs+=" $(field $metric "$k")" ktvs+=" $(field $metric "$kt")"
+		ops=$(field ops "$k") kicks=$(field kicks "$k") ex=$(field exits "$k")
+		eprs+=" $(awk -v e="$ex" -v b="$exb" -v o="$ops" 'BEGIN { if (o > 0 && e != "" && b != "") printf "%.4f", (e - b) / o }')"
+		kprs+=" $(awk -v k="$kicks" -v o="$ops" 'BEGIN { if (o > 0) printf "%.3f", k / o }')"
+		if [ "${SKIP_QEMU:-0}" != 1 ]; then
+			qvs+=" $(field $metric "$(qemu_run $QEMU_AIO_URING "$args seconds=$SECS")")"
+			qtvs+=" $(field $metric "$(qemu_run threads "$args seconds=$SECS")")"
+		fi
+	done
+	kv=$(median <<<"$kvs") ktv=$(median <<<"$ktvs") qv=$(median <<<"$qvs") qtv=$(median <<<"$qtvs")
+	epr=$(median <<<"$eprs") kpr=$(median <<<"$kprs")
 
-	qv="" qtv=""
-	if [ "${SKIP_QEMU:-0}" != 1 ]; then
-		qv=$(field $metric "$(qemu_run $QEMU_AIO_URING "$args seconds=$SECS")")
-		qtv=$(field $metric "$(qemu_run threads "$args seconds=$SECS")")
-	fi
 	hv=""
 	[ "${SKIP_FIO:-0}" != 1 ] && hv=$(field $metric " $(fio_run "$rw" "$bs" "$qd")")
 
 	printf '%-17s %9s %9s %9s %9s %9s | %7s %7s %7s | %9s %9s\n' "$label" "${kv:--}" "${ktv:--}" "${qv:--}" \
-		"${qtv:--}" "${hv:--}" "$(ratio "$kv" "$qv")" "$(ratio "$ktv" "$qtv")" "$(ratio "$kv" "$hv")" "$epr" "$kpr"
+		"${qtv:--}" "${hv:--}" "$(ratio "$kv" "$qv")" "$(ratio "$ktv" "$qtv")" "$(ratio "$kv" "$hv")" "${epr:--}" "${kpr:--}"
 	if [ "${VERBOSE:-0}" = 1 ]; then
+		echo "    runs K uring:$kvs; K threads:$ktvs; Q uring:$qvs; Q threads:$qtvs"
 		echo "    kestrel:  $(tr '\n' ' ' <<<"$k" | tr -s ' ')"
 		echo "    baseline: $(tr '\n' ' ' <<<"$kb" | tr -s ' ')"
 	fi
 done
 echo
 echo "K = Kestrel, Q = QEMU ($QEMU_AIO_URING / threads), host = fio io_uring on the same file."
+echo "K/Q u, K/Q t: Kestrel/QEMU with aio=io_uring, aio=threads; above 1 is better for Kestrel."
 echo "exits/req: Kestrel vcpu0 exits to userspace (run minus a no-I/O run) per request (aio=io_uring run)."
 echo "kicks/req: doorbell writes per request (the device suppresses them while it is busy)."
