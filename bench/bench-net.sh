@@ -16,9 +16,14 @@
 # pps, MB/s (10^6 bytes) and traps/pkt, and the ratios Kestrel/QEMU and
 # virtio/e1000. Kestrel's "exits/pkt" is the -v exit count of the whole run
 # over the frames moved (an upper bound: set-up exits included).
+# Each figure is the median of RUNS runs, Kestrel and QEMU alternating; K/Q
+# is Kestrel/QEMU pps (above 1 favours Kestrel). Inside tools/kvmhost's
+# outer VM (KESTREL_KVMHOST_INSIDE=1) both run nested under TCG: only the
+# ratios compare.
 #
 # Environment:
 #   BENCH_SECS   seconds per figure (default 5; each run adds ~1-2 s)
+#   RUNS         runs per figure and VMM (default 3)
 #   SIZES        frame sizes (default "64 1514"), NICS (default "virtio e1000"),
 #   DIRS         (default "tx rx")
 #   BATCHES      frames per doorbell / RX-ring refill (default "32 1"): with 1,
@@ -37,6 +42,7 @@ PEER=${NETPEER:-$ROOT/build/netpeer}
 QEMU=${QEMU:-qemu-system-x86_64}
 QBOOT=/usr/share/qemu/qboot.rom
 SECS=${BENCH_SECS:-5}
+RUNS=${RUNS:-3}
 SIZES=${SIZES:-"64 1514"}
 NICS=${NICS:-"virtio e1000"}
 DIRS=${DIRS:-"tx rx"}
@@ -80,7 +86,7 @@ field() { sed -n "s/\(^\|.* \)$1=\([0-9.]*\).*/\2/p" <<<"$2" | head -n 1; }
 run_one() { # VMM NIC DIR SIZE BATCH
 	local vmm=$1 nic=$2 dir=$3 size=$4 batch=$5 guest=virtio-net
 	[ "$nic" = e1000 ] && guest=e1000
-	local tag=$vmm-$nic-$dir-$size-b$batch
+	local tag=$vmm-$nic-$dir-$size-b$batch-r${RUN:-1}
 	local out=$LOGDIR/$tag.out plog=$LOGDIR/$tag.peer
 	R_PPS="" R_MBPS="" R_TRAPS="" R_EXITS="" R_HOST="" R_ERR=""
 	local cmdline="mode=$dir seconds=$SECS batch=$batch"
@@ -144,16 +150,22 @@ run_one() { # VMM NIC DIR SIZE BATCH
 	fi
 }
 
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END {
+	if (NR == 0) print ""; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
 
 echo "== host"
 echo "kernel $(uname -r), $(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 [ -d /sys/module/kvm_pvm ] && echo "kvm: kvm_pvm (nested)"
+if [ "${KESTREL_KVMHOST_INSIDE:-0}" = 1 ]; then
+	echo "NOTE: inside tools/kvmhost's outer VM (QEMU TCG, nested KVM): every absolute figure below is"
+	echo "      a nested guest's under TCG emulation; only the Kestrel/QEMU ratios compare."
+fi
 "$QEMU" --version 2>/dev/null | head -n 1
-echo "${SECS} s per figure; tap $TAP in netns $NS; vhost off; guests poll (no interrupts)"
+echo "${SECS} s per figure, median of $RUNS run(s), VMMs alternating; tap $TAP in netns $NS; vhost off; guests poll (no interrupts)"
 echo
 
-declare -A PPS MBPS TRAPS EXITS HOST
+declare -A PPS MBPS TRAPS EXITS HOST L_PPS L_MBPS L_TRAPS L_EXITS L_HOST
 ERRS=()
 printf '%-3s %5s %5s %-6s | %9s %8s %8s %9s %9s | %9s %8s %8s %9s | %6s\n' dir size batch nic "K pps" "K MB/s" "K trp/pk" "K exit/pk" \
 	"K host" "Q pps" "Q MB/s" "Q trp/pk" "Q host" "K/Q"
@@ -161,11 +173,21 @@ for dir in $DIRS; do
 	for size in $SIZES; do
 		for batch in $BATCHES; do
 			for nic in $NICS; do
+				for RUN in $(seq "$RUNS"); do
+					for vmm in $VMMS; do
+						run_one "$vmm" "$nic" "$dir" "$size" "$batch"
+						k="$vmm:$nic:$dir:$size:$batch"
+						L_PPS[$k]+=" $R_PPS" L_MBPS[$k]+=" $R_MBPS" L_TRAPS[$k]+=" $R_TRAPS"
+						L_EXITS[$k]+=" $R_EXITS" L_HOST[$k]+=" $R_HOST"
+						[ -n "$R_ERR" ] && ERRS+=("$R_ERR")
+					done
+				done
 				for vmm in $VMMS; do
-					run_one "$vmm" "$nic" "$dir" "$size" "$batch"
 					k="$vmm:$nic:$dir:$size:$batch"
-					PPS[$k]=$R_PPS MBPS[$k]=$R_MBPS TRAPS[$k]=$R_TRAPS EXITS[$k]=$R_EXITS HOST[$k]=$R_HOST
-					[ -n "$R_ERR" ] && ERRS+=("$R_ERR")
+					PPS[$k]=$(median <<<"${L_PPS[$k]}") MBPS[$k]=$(median <<<"${L_MBPS[$k]}")
+					TRAPS[$k]=$(median <<<"${L_TRAPS[$k]}") EXITS[$k]=$(median <<<"${L_EXITS[$k]}")
+					HOST[$k]=$(median <<<"${L_HOST[$k]}")
+					[ "${VERBOSE:-0}" = 1 ] && echo "    $k pps runs:${L_PPS[$k]}"
 				done
 				kk="kestrel:$nic:$dir:$size:$batch" qk="qemu:$nic:$dir:$size:$batch"
 				printf '%-3s %5s %5s %-6s | %9s %8s %8s %9s %9s | %9s %8s %8s %9s | %6s\n' "$dir" "$size" "$batch" "$nic" \
@@ -192,6 +214,7 @@ if [[ $NICS == *virtio* ]] && [[ $NICS == *e1000* ]]; then
 	done
 fi
 echo
+echo "K/Q: Kestrel/QEMU pps, above 1 is better for Kestrel."
 echo "K = Kestrel, Q = QEMU. pps and MB/s as the guest measured them (TX: frames the NIC completed; RX:"
 echo "frames received, timed from the first). host = pps the netpeer end saw (TX: the sink; RX: the"
 echo "blaster's accepted sends, which include frames still queued when the guest stopped)."
