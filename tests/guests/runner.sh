@@ -58,6 +58,8 @@ want_case() {
 
 case_def() {
 	local name=$1 guest=$2 mem=$3 cpus=$4 cmdline=$5 expect=$6 tmo=$7
+	# Inside tools/kvmhost's outer VM guests run emulated: more time.
+	[ -n "${KESTREL_KVMHOST_INSIDE:-}" ] && tmo=$((tmo * 4))
 	shift 7
 	local disk_size=$NEXT_DISK_SIZE
 	# shellcheck disable=SC2034  # read by vmm_command
