@@ -53,10 +53,13 @@
 # prints the throughput of each transfer (uploads and hostfwd: host-side
 # seconds; downloads: the guest's, since slirp takes the host's data at once).
 #
-# Throughput seen here (8 MiB, the host's 2 cores loaded ~5 by other jobs):
-# virtio-net on slirp 0.24 MiB/s up, 0.6 down; e1000 on slirp 0.09 up, 0.23
-# down; virtio-net on the tap 0.33 up, 0.9 down; e1000 on the bridge 0.09 up,
-# 0.33 down. Every L2 exit and interrupt goes through TCG's nested SVM.
+# Throughput seen here (MiB/s, the final 64 MiB run, the host's 2 cores
+# loaded 8-13 by other jobs; one boot took 7 to 13 minutes):
+#   virtio-net on slirp 0.34 up, 0.65 down, hostfwd 0.15
+#   e1000 on slirp      0.14 up, 0.42 down, hostfwd 0.04
+#   virtio-net on a tap 2.2 up, 1.2 down; e1000 on the bridge 0.38 up, 1.0 down
+# Every exit and interrupt of the guest goes through TCG's nested SVM; the
+# e1000 takes about one register exit per packet.
 #
 # Logs in $LOGDIR (lib.sh): NAME.log, NAME.results (net-peer.py), NAME.udp
 # and NAME.udp.src (netconsole), net-tap.dnsmasq.log, net-tap.leases.
@@ -140,7 +143,7 @@ free_port() {
 	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 # mibs BYTES SECONDS: MiB/s
-mibs() { awk -v b="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.1f", b / 1048576 / s; else print "-" }'; }
+mibs() { awk -v b="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.2f", b / 1048576 / s; else print "-" }'; }
 # glines NAME PREFIX: the guest's lines starting with PREFIX, \r dropped
 glines() { tr -d '\r' <"$LOGDIR/$1.log" | grep -E "^$2"; }
 
