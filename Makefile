@@ -18,7 +18,7 @@ TEST_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 TESTS     := $(TEST_SRCS:tests/unit/%.c=$(O)/tests/%)
 SAN_TESTS := $(TEST_SRCS:tests/unit/%.c=$(O)/tests-san/%)
 
-.PHONY: all kestrel guests unit-tests test test-unit test-guests test-qemu test-linux test-long bench bench-virtio bench-img bench-net test-net clean
+.PHONY: all kestrel guests unit-tests test test-unit test-guests test-qemu test-linux test-long bench bench-virtio bench-img bench-net bench-linux test-net clean
 all: kestrel guests unit-tests $(O)/netpeer $(O)/kvmprobe
 
 kestrel: $(O)/kestrel
@@ -104,18 +104,23 @@ test-linux: all
 test-long: all
 	tests/qcow2/run-scribbler.sh
 
-# Benchmarks print figures; they assert nothing.
+# Benchmarks print figures; they assert nothing. Each runs Kestrel and QEMU
+# side by side where KVM runs their guests (tools/kvmhost).
 bench: kestrel guests
-	bench/bench-foundation.sh
+	tools/kvmhost/kvmhost -- bench/bench-foundation.sh
 
 bench-virtio: kestrel guests
-	bench/bench-virtio-blk.sh
+	tools/kvmhost/kvmhost -- bench/bench-virtio-blk.sh
 
 bench-img: kestrel
 	bench/bench-img.sh
 
 bench-net: kestrel guests $(O)/netpeer
-	bench/bench-net.sh
+	tools/kvmhost/kvmhost -- bench/bench-net.sh
+
+bench-linux: kestrel
+	tests/linux/prepare.sh
+	tools/kvmhost/kvmhost -- bench/bench-linux.sh
 
 clean:
 	rm -rf $(O)
