@@ -195,17 +195,22 @@ boot_checks() { # VMM TAG WHAT
 	fi
 }
 
-# clock_check TAG: the guest's clock (uptime at BENCH-BOOT and BENCH-END)
-# ran at the host's rate (the serial time stamps of those lines) within 20%:
-# the guest-clock figures are worth comparing.
+# clock_check TAG LOW HIGH: the guest's clock (uptime at BENCH-BOOT and
+# BENCH-END) ran at the host's rate (the serial time stamps of those lines):
+# their ratio within LOW..HIGH, so the guest-clock figures are worth
+# comparing. (The boot runs' interval is 3 s, where a late serial line
+# under load weighs more: they get a wider range, to catch a grossly wrong
+# guest clock.)
 clock_check() {
-	local log=$LOGDIR/$1.log
-	awk '$2 == "BENCH-BOOT" && !h0 { h0 = $1; for (i = 3; i <= NF; i++) if ($i ~ /^init_s=/) g0 = substr($i, 8) }
+	local log=$LOGDIR/$1.log st
+	awk -v lo="$2" -v hi="$3" '
+		$2 == "BENCH-BOOT" && !h0 { h0 = $1; for (i = 3; i <= NF; i++) if ($i ~ /^init_s=/) g0 = substr($i, 8) }
 		$2 == "BENCH-END" { h1 = $1; g1 = substr($3, 10) }
 		END { r = (h1 > h0 && g0 != "" && g1 != "") ? (g1 - g0) / (h1 - h0) : 0
-			printf "%.1f s of guest time over %.1f s of host time (%.2f)\n", g1 - g0, h1 - h0, r
-			exit !(r > 0.8 && r < 1.25) }' "$log" >"$LOGDIR/$1.clock"
-	check "$1: the guest's clock keeps the host's pace: $(cat "$LOGDIR/$1.clock")" $?
+			printf "%.1f s of guest time over %.1f s of host time (%.2f, want %s..%s)\n", g1 - g0, h1 - h0, r, lo, hi
+			exit !(r >= lo && r <= hi) }' "$log" >"$LOGDIR/$1.clock"
+	st=$?
+	check "$1: the guest's clock keeps the host's pace: $(cat "$LOGDIR/$1.clock")" $st
 }
 
 run_boot() { # VMM RUN
@@ -218,7 +223,7 @@ run_boot() { # VMM RUN
 	st=$(awk '$2 == "GUEST-START" { print $1; exit }' "$log")
 	[ -n "$(num "$ri")" ] && [ -n "$(num "$is")" ] && [ -n "$(num "$st")" ] && ! grep -q ' BENCH-ERR' "$log"
 	check "$tag: boot figures present (Run /init $ri s, /init's first line $is s guest clock; $st s, exit $B_EXIT s host clock)" $?
-	clock_check "$tag"
+	clock_check "$tag" 0.5 1.5
 	row "boot: kernel start -> Run /init (guest clock)" s lower
 	row "boot: kernel start -> /init's first line (guest clock)" s lower
 	row "boot: VMM start -> /init's first line (host clock)" s lower
@@ -244,7 +249,7 @@ run_work() { # VMM RUN
 	bench_boot "$vmm" "$tag" work
 	log=$LOGDIR/$tag.log
 	boot_checks "$vmm" "$tag" "fio, iperf3"
-	clock_check "$tag"
+	clock_check "$tag" 0.9 1.1
 	want=$(($(wc -w <<<"$JOBS") + 2))
 	for j in $JOBS; do
 		line=$(grep -m1 " BENCH-FIO name=$j " "$log") || { miss+=" $j"; continue; }
@@ -309,8 +314,10 @@ with open(sys.argv[1], "rb") as f:
 print(n)
 EOF
 	)
-	[ "$(stat -c %s "$IMG")" = $((IMG_MB << 20)) ] && [ "${nz:-0}" -ge 12 ]
-	check "$tag: the image file holds the guest's writes ($nz of 16 sampled MiB in the written range not zero, size $(stat -c %s "$IMG"))" $?
+	local size
+	size=$(stat -c %s "$IMG")
+	[ "$size" = $((IMG_MB << 20)) ] && [ "${nz:-0}" -ge 12 ]
+	check "$tag: the image file holds the guest's writes ($nz of 16 sampled MiB in the written range not zero, size $size)" $?
 }
 
 make_image
