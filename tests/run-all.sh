@@ -111,7 +111,7 @@ inside=""
 [ "$t2" = outer ] && inside=2
 [ "$t3" = outer ] && inside=${inside:+$inside,}3
 if [ -n "$inside" ]; then
-	tier "tiers ${inside/,/ and } in one outer VM" tools/kvmhost/kvmhost --batch --timeout 3000 -- tests/run-all.sh --tiers "$inside"
+	tier "tiers ${inside/,/ and } in one outer VM" tools/kvmhost/kvmhost --batch --timeout 3600 -- tests/run-all.sh --tiers "$inside"
 fi
 [ "$t3" = here ] && tier3
 if [ "$t3" = skip ]; then
