@@ -10,7 +10,7 @@ if [ "${mode:-script}" = shell ]; then
 	setsid cttyhack sh -l
 else
 	echo "No terminal: running a short script, then powering off."
-	for c in "uname -a" "cat /proc/cmdline" "ls /sys/bus/virtio/devices /sys/bus/pci/devices" "df -h /" "date -u"; do
+	for c in "uname -a" "cat /proc/cmdline" "ls /sys/bus/pci/devices" "free -m" "date -u"; do
 		echo "# $c"
 		$c
 	done
