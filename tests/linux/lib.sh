@@ -38,10 +38,7 @@ linux_setup() {
 	while [ $# -gt 0 ]; do
 		case $1 in -b) progs+=(-b "$2"); shift 2 ;; *) shift ;; esac
 	done
-	KVER=""
-	for v in $(ls /lib/modules 2>/dev/null | sort -V); do
-		[ -f "/boot/vmlinuz-$v" ] && [ -f "/lib/modules/$v/modules.dep" ] && KVER=$v
-	done
+	KVER=$("$ROOT/tools/initramfs/mkinitramfs" --kver 2>/dev/null)
 	if [ -z "$KVER" ]; then
 		echo "tier 3: no Debian kernel in /boot with modules (apt-get install linux-image-amd64; scripts/setup.sh does)" >&2
 		exit 2
