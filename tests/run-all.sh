@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make test`: every tier, then one total line "N passed, N failed, N skipped".
+# `make test`: every tier, then the failed tiers, the skip count and the time,
+# and last one total line "N passed, N failed".
 #   tier 1  unit tests (cmocka, plain + ASan/UBSan), command line, kestrel img,
 #           qcow2 interop and crash tests: on this host, no KVM needed
 #   tier 2  micro-guests on Kestrel: need a KVM that runs them
@@ -18,7 +19,7 @@ set -u
 cd "$(dirname "$0")/.."
 tiers=1,2,3
 [ "${1:-}" = --tiers ] && tiers=$2
-total_p=0 total_f=0 total_s=0
+total_p=0 total_f=0 total_s=0 failed_tiers=()
 
 has_tier() { [[ ,$tiers, == *,$1,* ]]; }
 
@@ -36,6 +37,7 @@ tier() {
 	if [ -z "$line" ]; then
 		echo "--- $name: no summary line: counted as 1 failure"
 		total_f=$((total_f + 1))
+		failed_tiers+=("$name (no summary line)")
 	else
 		p=$(sed -E 's/^(.*[^0-9])?([0-9]+) passed.*/\2/' <<<"$line")
 		f=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")
@@ -49,6 +51,7 @@ tier() {
 			f=1
 		fi
 		total_p=$((total_p + p)) total_f=$((total_f + f)) total_s=$((total_s + s))
+		[ "$f" -gt 0 ] && failed_tiers+=("$name ($f failed)")
 		echo "--- $name: $p passed, $f failed, $s skipped in $((SECONDS - t0)) s"
 	fi
 	rm -f "$log"
@@ -118,5 +121,7 @@ if [ "$t3" = skip ]; then
 	echo "SKIP tier 3: KESTREL_SKIP_LINUX=1"
 	total_s=$((total_s + 1))
 fi
-echo "$total_p passed, $total_f failed, $total_s skipped"
+for t in "${failed_tiers[@]}"; do echo "FAILED $t"; done
+echo "$total_s skipped (each SKIP line above says why); $((SECONDS / 60)) min $((SECONDS % 60)) s in all"
+echo "$total_p passed, $total_f failed"
 [ "$total_f" -eq 0 ]
