@@ -1,10 +1,11 @@
 # shellcheck shell=sh
 # Networking from user space (tests/linux/test-linux-net.sh boots it with
 # kestrel.test=net). Parameters on the kernel command line:
-#   knet.nic=MAC,MODEL,ADDR,PEER  one per NIC, in order (repeatable): the NIC
-#        with MAC, driven by MODEL's driver (virtio|e1000); ADDR "dhcp" (busybox
-#        udhcpc with /checks/udhcpc.script) or a static A.B.C.D/N; PEER the
-#        host end, whose net-peer.py listens on knet.up and knet.down
+#   knet.nic=MAC,MODEL,ADDR,PEER[,UPMIB]  one per NIC, in order (repeatable):
+#        the NIC with MAC, driven by MODEL's driver (virtio|e1000); ADDR "dhcp"
+#        (busybox udhcpc with /checks/udhcpc.script) or a static A.B.C.D/N;
+#        PEER the host end, whose net-peer.py listens on knet.up and
+#        knet.down; UPMIB: upload only the first UPMIB MiB of /tmp/data
 #   knet.up=PORT knet.down=PORT   net-peer.py's ports on PEER
 #   knet.dsize=BYTES knet.dsha=SHA256  what the host sends on knet.down
 #   knet.data=down|MIB  the file to upload, /tmp/data: the first NIC's
@@ -21,7 +22,7 @@
 # reads:
 #   KNET-DATA BYTES SHA256 SECONDS   /tmp/data (generated or downloaded)
 #   KNET-LEASE IF ip=... mask=... router=... dns=... server=... lease=...
-#   KNET-RESULT down|up IF BYTES SHA256 SECONDS
+#   KNET-RESULT down|up IF BYTES SHA256 SECONDS  (up: what was sent)
 #   KNET-FWD-READY IF BYTES SHA256
 k_nics="" k_dsize="" k_dsha="" k_up="" k_down="" k_data=down k_fwd="" k_nc="" k_tmo=600
 # shellcheck disable=SC2013 # words, not lines
@@ -78,7 +79,7 @@ fi
 
 k_first=1
 for spec in $k_nics; do
-	IFS=, read -r mac model addr peer <<EOF
+	IFS=, read -r mac model addr peer upmib <<EOF
 $spec
 EOF
 	if ! ifc=$(nic_by_mac "$mac"); then
@@ -140,12 +141,20 @@ EOF
 	fi
 	rm -f /tmp/dl
 
-	# Guest to host: /tmp/data; the host checks what arrived.
+	# Guest to host: /tmp/data (or its first UPMIB MiB); the host checks
+	# what arrived.
+	up=/tmp/data usize=$k_size usha=$k_sha
+	if [ -n "$upmib" ]; then
+		up=/tmp/up
+		head -c $((upmib << 20)) /tmp/data >$up
+		usize=$(wc -c <$up) usha=$(sha256sum $up | cut -c1-64)
+	fi
 	k_t0=$(now)
-	timeout "$k_tmo" nc "$peer" "$k_up" </tmp/data >/dev/null
+	timeout "$k_tmo" nc "$peer" "$k_up" <$up >/dev/null
 	st=$? secs=$(since "$k_t0")
-	echo "KNET-RESULT up $ifc $k_size $k_sha $secs"
-	check "$ifc: upload of /tmp/data to $peer:$k_up: nc finished in $secs s (status $st)" [ "$st" = 0 ]
+	rm -f /tmp/up
+	echo "KNET-RESULT up $ifc $usize $usha $secs"
+	check "$ifc: upload of $up ($usize bytes) to $peer:$k_up: nc finished in $secs s (status $st)" [ "$st" = 0 ]
 
 	if [ "$k_first" = 1 ] && [ -n "$k_fwd" ]; then
 		# The host fetches it through hostfwd once it sees the READY line.
