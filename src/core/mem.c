@@ -52,15 +52,30 @@ int guest_mem_write(const struct guest_mem *m, uint64_t gpa, const void *src, si
 	return 0;
 }
 
+/* Transparent huge pages back only 2 MiB-aligned stretches of a mapping. */
+#define GUEST_MEM_ALIGN (2ULL << 20)
+
 int guest_mem_alloc(struct guest_mem *m, uint64_t ram_size, uint64_t hole_start)
 {
 	memset(m, 0, sizeof(*m));
-	void *p = mmap(NULL, ram_size, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (p == MAP_FAILED)
+	/* Map 2 MiB more, then trim to a 2 MiB-aligned start: mmap returns
+	 * page-aligned addresses, and with guest RAM off by a few pages no huge
+	 * page can back it, so KVM maps every guest page as 4 KiB (QEMU
+	 * aligns its RAM the same way). Seen with nested KVM: the guest
+	 * kernel's memmap set-up took 1.9 s where QEMU's took 0.04 s. */
+	size_t span = ram_size + GUEST_MEM_ALIGN;
+	uint8_t *raw = mmap(NULL, span, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (raw == MAP_FAILED)
 		return -errno;
-	/* Huge pages cut the host's page-table work for large guests; a hint
-	 * only, so failure is fine. */
+	uint8_t *p = (uint8_t *)(((uintptr_t)raw + GUEST_MEM_ALIGN - 1) & ~(uintptr_t)(GUEST_MEM_ALIGN - 1));
+	size_t head = (size_t)(p - raw), tail = span - head - ram_size;
+	if (head)
+		munmap(raw, head);
+	if (tail)
+		munmap(p + ram_size, tail);
+	/* Huge pages cut the host's page-table work (and KVM's: one NPT/EPT
+	 * entry per 2 MiB); a hint only, so failure is fine. */
 	madvise(p, ram_size, MADV_HUGEPAGE);
 	m->mapping = p;
 	m->mapping_size = ram_size;
