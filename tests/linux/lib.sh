@@ -17,6 +17,9 @@
 #                  rebuilds the VM)
 #   linux_results NAME [EXPECT_STATUS]  counts the guest's lines, checks it
 #                  finished, the VMM's status, and no oops in the log
+#   linux_flaked NAME  true (once per script) when NAME's boot ended in a
+#                  guest triple fault inside kvmhost's outer VM: the caller
+#                  boots it once more; printed as RETRY and counted
 #   linux_summary  the last line "N passed, N failed, N skipped"; its status
 LINUX_CACHE=${KESTREL_CACHE:-/var/tmp/kestrel-cache}/linux
 KESTREL=${KESTREL:-$ROOT/build/kestrel}
@@ -26,7 +29,7 @@ LINUX_MODULES=(virtio_pci virtio_mmio virtio_blk virtio_net virtio_console virti
 # A command the VMM runs under, e.g. (ip netns exec NS): linux_boot runs
 # timeout ... "${LINUX_WRAP[@]}" kestrel run ...
 LINUX_WRAP=()
-passed=0 failed=0 skipped=0
+passed=0 failed=0 skipped=0 LINUX_RETRIED=""
 
 pass() { echo "PASS $*"; passed=$((passed + 1)); }
 fail() { echo "FAIL $*"; failed=$((failed + 1)); }
@@ -115,7 +118,23 @@ linux_results() {
 	fi
 }
 
+# linux_flaked NAME: inside kvmhost's outer VM only, and once per script:
+# NAME's boot ended in a guest triple fault. Nested SVM under TCG is not
+# sound there (with virtual GIF it wedged and reset the outer VM under
+# QEMU's guests too; kvmhost turns that off), and a guest vCPU still
+# triple-faulted in about 1 of 20 boots there: one retry, printed and
+# counted; a second one in the same script fails. On a host whose KVM runs
+# guests natively, never. Moves NAME.log to NAME.try1.log.
+linux_flaked() {
+	[ "${KESTREL_KVMHOST_INSIDE:-0}" = 1 ] && [ -z "$LINUX_RETRIED" ] || return 1
+	grep -q 'triple fault (KVM_EXIT_SHUTDOWN)' "$LOGDIR/$1.log" || return 1
+	LINUX_RETRIED=$1
+	mv "$LOGDIR/$1.log" "$LOGDIR/$1.try1.log"
+	echo "RETRY $1: the guest triple-faulted inside the outer VM (nested SVM under TCG); booting it once more (first log: $LOGDIR/$1.try1.log)"
+}
+
 linux_summary() {
+	[ -n "$LINUX_RETRIED" ] && echo "1 boot retried after a triple fault in the outer VM: $LINUX_RETRIED (RETRY above)"
 	echo "$passed passed, $failed failed, $skipped skipped"
 	[ "$failed" = 0 ]
 }

@@ -270,14 +270,19 @@ boot_user() {
 	[ "$model" = e1000 ] && nic=e1000-0 mib=$E_MIB dsize=$E_DSIZE dsha=$E_DSHA fmib=$E_FWD_MIB
 	fb=$((fmib << 20))
 	hport=$(free_port)
-	if ! start_peer "$name" "" --listen 127.0.0.1 --udp --fwd "$hport" --log "$LOGDIR/$name.log" --down-bytes "$dsize"; then
-		fail "$name: net-peer.py did not start"
+	while :; do
+		if ! start_peer "$name" "" --listen 127.0.0.1 --udp --fwd "$hport" --log "$LOGDIR/$name.log" --down-bytes "$dsize"; then
+			fail "$name: net-peer.py did not start"
+			cleanup
+			return
+		fi
+		linux_boot "$name" -v --net "user,model=$model,mac=$mac,hostfwd=tcp:127.0.0.1:$hport-:$GPORT" \
+			--cmdline "kestrel.test=net printk.devkmsg=on knet.nic=$mac,$model,dhcp,10.0.2.2 knet.up=$UP knet.down=$DOWN knet.dsize=$dsize knet.dsha=$dsha knet.data=$mib knet.fwd=$GPORT,$fb knet.nc=$UDP knet.tmo=$TMO"
+		stop_peer "$name"
+		linux_flaked "$name" || break
 		cleanup
-		return
-	fi
-	linux_boot "$name" -v --net "user,model=$model,mac=$mac,hostfwd=tcp:127.0.0.1:$hport-:$GPORT" \
-		--cmdline "kestrel.test=net printk.devkmsg=on knet.nic=$mac,$model,dhcp,10.0.2.2 knet.up=$UP knet.down=$DOWN knet.dsize=$dsize knet.dsha=$dsha knet.data=$mib knet.fwd=$GPORT,$fb knet.nc=$UDP knet.tmo=$TMO"
-	stop_peer "$name"
+		rm -rf "${SCRATCH:?}/$name"
+	done
 	linux_results "$name"
 
 	lease=$(glines "$name" "KNET-LEASE eth0 ")
@@ -348,23 +353,28 @@ boot_tap() {
 		skip "$name: $why"
 		return
 	fi
-	if ! setup_ns; then
-		fail "$name: namespace $NS with ktap0, br0 and dnsmasq could not be set up"
+	while :; do
+		if ! setup_ns; then
+			fail "$name: namespace $NS with ktap0, br0 and dnsmasq could not be set up"
+			cleanup
+			return
+		fi
+		if ! start_peer "$name" "$NS" --listen 0.0.0.0; then
+			fail "$name: net-peer.py did not start in $NS"
+			cleanup
+			return
+		fi
+		LINUX_WRAP=(ip netns exec "$NS")
+		linux_boot "$name" -v --net "tap,ifname=ktap0,model=virtio,vhost=off,mac=$TAP_MAC" \
+			--net "bridge,br=br0,model=e1000,mac=$BR_NIC_MAC" \
+			--cmdline "kestrel.test=net knet.nic=$TAP_MAC,virtio,192.168.78.2/24,192.168.78.1 knet.nic=$BR_NIC_MAC,e1000,dhcp,192.168.77.1,$E_MIB knet.up=$UP knet.down=$DOWN knet.dsize=$DSIZE knet.dsha=$DSHA knet.data=$MIB knet.tmo=$TMO"
+		LINUX_WRAP=()
+		ports=$(ip -n "$NS" -o link show master br0 2>/dev/null | sed -E 's/^[0-9]+: ([^:@]+).*/\1/' | tr '\n' ' ')
+		stop_peer "$name"
+		linux_flaked "$name" || break
 		cleanup
-		return
-	fi
-	if ! start_peer "$name" "$NS" --listen 0.0.0.0; then
-		fail "$name: net-peer.py did not start in $NS"
-		cleanup
-		return
-	fi
-	LINUX_WRAP=(ip netns exec "$NS")
-	linux_boot "$name" -v --net "tap,ifname=ktap0,model=virtio,vhost=off,mac=$TAP_MAC" \
-		--net "bridge,br=br0,model=e1000,mac=$BR_NIC_MAC" \
-		--cmdline "kestrel.test=net knet.nic=$TAP_MAC,virtio,192.168.78.2/24,192.168.78.1 knet.nic=$BR_NIC_MAC,e1000,dhcp,192.168.77.1,$E_MIB knet.up=$UP knet.down=$DOWN knet.dsize=$DSIZE knet.dsha=$DSHA knet.data=$MIB knet.tmo=$TMO"
-	LINUX_WRAP=()
-	ports=$(ip -n "$NS" -o link show master br0 2>/dev/null | sed -E 's/^[0-9]+: ([^:@]+).*/\1/' | tr '\n' ' ')
-	stop_peer "$name"
+		rm -rf "${SCRATCH:?}/$name"
+	done
 	linux_results "$name"
 
 	# eth0 is the first NIC (virtio, tap), eth1 the e1000 on br0.
