@@ -32,7 +32,7 @@ tier() {
 	local log t0=$SECONDS
 	log=$(mktemp)
 	"$@" 2>&1 | tee "$log"
-	local line p f s
+	local st=${PIPESTATUS[0]} line p f s
 	line=$(grep -E '[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
 	if [ -z "$line" ]; then
 		echo "--- $name: no summary line: counted as 1 failure"
@@ -48,6 +48,10 @@ tier() {
 		fi
 		if [ $((p + f)) -eq 0 ]; then
 			echo "--- $name: ran nothing: counted as 1 failure"
+			f=1
+		elif [ "$st" != 0 ] && [ "$f" = 0 ]; then
+			# e.g. the outer VM died: the last summary seen is a sub-tier's
+			echo "--- $name: exited with status $st after a summary without failures: counted as 1 failure"
 			f=1
 		fi
 		total_p=$((total_p + p)) total_f=$((total_f + f)) total_s=$((total_s + s))
