@@ -80,8 +80,8 @@ done
 	echo "test-linux-net.sh: need KNET_FWD_MIB <= KNET_MIB, KNET_E1000_FWD_MIB <= KNET_E1000_MIB <= KNET_MIB, KNET_E1000_DOWN_MIB <= KNET_DOWN_MIB" >&2
 	exit 2
 }
-# The e1000's upload on slirp moved 0.09-0.15 MiB/s here (see the header):
-# each transfer may take 20 s per MiB, a boot all of them.
+# Loaded, the e1000's upload on slirp moved 0.09-0.15 MiB/s here (see the
+# header): each transfer may take 20 s per MiB, a boot all of them.
 TMO=$((60 + 20 * MIB))
 LINUX_TIMEOUT=${LINUX_TIMEOUT:-$((300 + 2 * TMO))}
 BOOTS=("$@")

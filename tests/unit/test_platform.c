@@ -120,6 +120,27 @@ static void test_guest_mem_bounds(void **state)
 	free(high);
 }
 
+/* Guest RAM starts 2 MiB-aligned (huge pages can back it only so), and
+ * both regions, below the hole and above 4 GiB, map into it. */
+static void test_guest_mem_alloc_aligned(void **state)
+{
+	(void)state;
+	for (int i = 0; i < 4; i++) {
+		struct guest_mem m;
+		uint64_t size = (64ULL << 20) + (uint64_t)i * 4096 * 256, hole = 48ULL << 20;
+		assert_int_equal(guest_mem_alloc(&m, size, hole), 0);
+		assert_int_equal((uintptr_t)m.mapping & ((2u << 20) - 1), 0);
+		assert_int_equal(m.mapping_size, size);
+		uint8_t *lo = guest_mem_ptr(&m, 0, hole), *hi = guest_mem_ptr(&m, 1ULL << 32, size - hole);
+		assert_ptr_equal(lo, m.mapping);
+		assert_ptr_equal(hi, (uint8_t *)m.mapping + hole);
+		lo[0] = 1;
+		hi[size - hole - 1] = 2; /* the last byte is mapped */
+		assert_null(guest_mem_ptr(&m, (1ULL << 32) + size - hole, 1));
+		guest_mem_free(&m);
+	}
+}
+
 struct fake_dev {
 	uint64_t last_off;
 	unsigned reads, writes;
@@ -209,6 +230,7 @@ int main(void)
 		cmocka_unit_test(test_e820_above_4g),
 		cmocka_unit_test(test_e820_exactly_at_hole),
 		cmocka_unit_test(test_guest_mem_bounds),
+		cmocka_unit_test(test_guest_mem_alloc_aligned),
 		cmocka_unit_test(test_io_bus),
 		cmocka_unit_test(test_io_bus_many),
 	};
